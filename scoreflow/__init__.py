@@ -1,0 +1,37 @@
+"""scoreflow: declarative SDE/ODE mathematics for diffusion and flow matching, in JAX."""
+
+import importlib.metadata
+
+import sympy as sympy
+
+# from . import metrics as metrics, toy as toy
+from ._process import (
+    AbstractDeclaredProcess as AbstractDeclaredProcess,
+    AbstractProcess as AbstractProcess,
+    CosineVP as CosineVP,
+    EDM as EDM,
+    Endpoints as Endpoints,
+    Interpolant as Interpolant,
+    LOG_SNR_MAX as LOG_SNR_MAX,
+    LOG_SNR_MIN as LOG_SNR_MIN,
+    PriorMismatchWarning as PriorMismatchWarning,
+    RectifiedFlow as RectifiedFlow,
+    SDE as SDE,
+    SubVP as SubVP,
+    SymbolicView as SymbolicView,
+    VE as VE,
+    VP as VP,
+)
+from ._symbols import t as t, x as x
+# TIME
+
+# --- predictions, losses, nets, training (issue 3) ---
+
+# --- dynamics, samplers, guidance (issue 4) ---
+
+# --- likelihood, checks, testing (issue 5) ---
+
+try:
+    __version__ = importlib.metadata.version("scoreflow")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+    __version__ = "0.0.0"

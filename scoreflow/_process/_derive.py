@@ -1,0 +1,381 @@
+"""Pure-sympy derivations: from (f, g) or (alpha, sigma) to every other coefficient.
+
+Nothing here touches JAX. Results are cached on the (hashable) sympy inputs, so a
+built-in process pays for its derivation once per Python session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+import math
+import signal
+import threading
+from collections.abc import Callable, Mapping
+
+import mpmath
+import numpy as np
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
+
+from .._symbols import t, tau, x
+
+
+SYMPY_TIMEOUT = 10.0
+"""Seconds sympy may spend on one integral, limit or solve before scoreflow falls
+back to numerics (only enforced in the main thread, where SIGALRM is available)."""
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "SIGALRM"
+    ):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Timeout
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def try_sympy(fn: Callable[[], sympy.Expr], seconds: float = SYMPY_TIMEOUT):
+    """Run a sympy computation; `None` if it raises or runs out of time."""
+    try:
+        with _time_limit(seconds):
+            return fn()
+    except (_Timeout, Exception):
+        return None
+
+
+def _generic_branch(expr):
+    """Drop `Piecewise` branches that only cover degenerate parameter values
+    (sympy's `Piecewise((generic, Ne(...)), (degenerate, True))`)."""
+    if expr is None or not expr.has(sympy.Piecewise):
+        return expr
+
+    def pick(*args):
+        first_expr, first_cond = args[0]
+        if isinstance(first_cond, sympy.Ne) or first_cond is sympy.true:
+            return first_expr
+        return sympy.Piecewise(*args)
+
+    return expr.replace(sympy.Piecewise, pick)
+
+
+def _has_unevaluated(expr) -> bool:
+    return expr is None or expr.has(sympy.Integral) or expr.has(sympy.Limit)
+
+
+# --------------------------------------------------------------------------- #
+# Parsing user declarations
+# --------------------------------------------------------------------------- #
+
+
+def to_expr(
+    value, *, call: str, argname: str, allowed: tuple[str, ...], params: Mapping
+) -> sympy.Expr:
+    """Sympify a declared expression and check its free symbols.
+
+    Symbols *named* `t` or `x` are identified with `sf.t` / `sf.x`, so users may
+    write `sympy.Symbol("t")` or a string.
+    """
+    local = {"t": t, "x": x}
+    local.update({str(p): p for p in params})
+    try:
+        expr = sympy.sympify(value, locals=local)
+    except (sympy.SympifyError, SyntaxError, TypeError) as e:
+        raise ValueError(
+            f"`{call}` could not parse {argname}={value!r} as a sympy expression: {e}"
+        ) from None
+    if not isinstance(expr, sympy.Expr):
+        raise ValueError(
+            f"`{call}` expects {argname} to be a sympy expression, got "
+            f"{type(expr).__name__} ({expr!r})."
+        )
+    rename = {}
+    for s in expr.free_symbols:
+        if s.name == "t" and s != t:
+            rename[s] = t
+        elif s.name == "x" and s != x:
+            rename[s] = x
+        elif s.name in local and s != local[s.name]:
+            rename[s] = local[s.name]
+    expr = expr.xreplace(rename)
+    param_syms = set(params)
+    bad = {
+        s for s in expr.free_symbols if s.name not in allowed and s not in param_syms
+    }
+    if bad:
+        names = ", ".join(sorted(s.name for s in bad))
+        allowed_txt = " and ".join(f"sf.{a}" for a in allowed)
+        raise ValueError(
+            f"`{call}`: {argname}={expr} has free symbol(s) {names}; it may only "
+            f"depend on {allowed_txt}. Substitute numbers for the other symbols, or "
+            f"declare them as trainable parameters with params={{{names}: value}}."
+        )
+    if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        raise ValueError(f"`{call}`: {argname}={expr} contains an infinity or NaN.")
+    return expr
+
+
+# --------------------------------------------------------------------------- #
+# Derivations
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class Derivation:
+    """Every coefficient of a scalar-coefficient process, as sympy expressions in `t`.
+
+    `alpha`/`sigma` are `None` when the drift is not of the form `f(t) x`
+    (`gaussian_reason` says why); `closed_form` is False when sympy found no closed
+    form for the kernel integrals (they are then computed numerically).
+    """
+
+    source: str  # "sde" or "interpolant"
+    drift: sympy.Expr  # full drift f(t, x)
+    g2: sympy.Expr  # squared diffusion g(t)^2
+    f: sympy.Expr | None  # linear coefficient: drift = f(t) x
+    alpha: sympy.Expr | None
+    sigma2: sympy.Expr | None
+    closed_form: bool
+    gaussian_reason: str  # empty when the kernel is Gaussian
+
+    @property
+    def gaussian(self) -> bool:
+        return self.f is not None
+
+    @functools.cached_property
+    def sigma(self):
+        if self.sigma2 is None:
+            return None
+        return sympy.sqrt(self.sigma2)
+
+    @functools.cached_property
+    def log_snr(self):
+        if not self.closed_form or self.alpha is None:
+            return None
+        lam = 2 * sympy.log(self.alpha) - sympy.log(self.sigma2)
+        return _simplify(sympy.expand_log(lam, force=True))
+
+    @functools.cached_property
+    def alpha_dot(self):
+        return None if not self.closed_form else _simplify(sympy.diff(self.alpha, t))
+
+    @functools.cached_property
+    def sigma_dot(self):
+        return None if not self.closed_form else _simplify(sympy.diff(self.sigma, t))
+
+
+def _simplify(expr):
+    out = try_sympy(lambda: sympy.simplify(expr), SYMPY_TIMEOUT / 2)
+    return expr if out is None else out
+
+
+def _linear_part(drift: sympy.Expr) -> tuple[sympy.Expr | None, str]:
+    second = _simplify(sympy.diff(drift, x, 2))
+    if second != 0:
+        return None, (
+            f"the drift {drift} is not affine in x (d²f/dx² = {second} ≠ 0), so the "
+            "transition kernel is not Gaussian"
+        )
+    offset = _simplify(drift.subs(x, 0))
+    if offset != 0:
+        return None, (
+            f"the drift {drift} has an x-independent part {offset}; scoreflow's "
+            "Gaussian kernels have the form alpha(t) x0 + sigma(t) eps, so the drift "
+            "must be f(t) * x (shift the data instead)"
+        )
+    return _simplify(sympy.diff(drift, x)), ""
+
+
+@functools.lru_cache(maxsize=256)
+def derive_from_sde(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
+    """alpha = exp(∫_0^t f),  sigma² = alpha² ∫_0^t g²/alpha²."""
+    g2 = sympy.powsimp(sympy.expand(g**2))
+    f, reason = _linear_part(drift)
+    if f is None:
+        return Derivation("sde", drift, g2, None, None, None, False, reason)
+    A = _generic_branch(try_sympy(lambda: sympy.integrate(f.subs(t, tau), (tau, 0, t))))
+    if _has_unevaluated(A):
+        alpha = sympy.exp(sympy.Integral(f.subs(t, tau), (tau, 0, t)))
+        sigma2 = alpha**2 * sympy.Integral((g2 / alpha**2).subs(t, tau), (tau, 0, t))
+        return Derivation("sde", drift, g2, f, alpha, sigma2, False, "")
+    A = _simplify(A)
+    alpha = _simplify(sympy.exp(A))
+    integrand = _simplify((g2 * sympy.exp(-2 * A)).subs(t, tau))
+    I = _generic_branch(try_sympy(lambda: sympy.integrate(integrand, (tau, 0, t))))
+    if _has_unevaluated(I):
+        sigma2 = alpha**2 * sympy.Integral(integrand, (tau, 0, t))
+        return Derivation("sde", drift, g2, f, alpha, sigma2, False, "")
+    sigma2 = sympy.expand(sympy.exp(2 * A) * I)
+    if sigma2.has(sympy.Piecewise):
+        sigma2 = alpha**2 * sympy.Integral(integrand, (tau, 0, t))
+        return Derivation("sde", drift, g2, f, alpha, sigma2, False, "")
+    return Derivation("sde", drift, g2, f, alpha, sigma2, True, "")
+
+
+@functools.lru_cache(maxsize=256)
+def derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
+    """f = alpha'/alpha,  g² = (sigma²)' - 2 f sigma²."""
+    sigma2 = _simplify(sigma**2)
+    f = _simplify(sympy.diff(alpha, t) / alpha)
+    g2 = _simplify(sympy.diff(sigma2, t) - 2 * f * sigma2)
+    d = Derivation("interpolant", f * x, g2, f, alpha, sigma2, True, "")
+    # Keep the declared sigma (not sqrt(sigma^2)), which is usually the stabler form.
+    d.__dict__["sigma"] = sigma
+    return d
+
+
+# --------------------------------------------------------------------------- #
+# Numerically stable forms, chosen by measured float32 accuracy
+# --------------------------------------------------------------------------- #
+
+_STABLE_OPTS = [expm1_opt, log1p_opt]
+
+
+def _exp_form(e):
+    """Powers and hyperbolics as exp(...), exponents combined: exposes exp(u) - 1."""
+    e = sympy.powsimp(e.rewrite(sympy.exp), combine="exp")
+    return sympy.powsimp(sympy.expand_log(sympy.simplify(e), force=True), combine="exp")
+
+
+_REWRITES = (
+    sympy.simplify,
+    sympy.factor,
+    sympy.powsimp,
+    lambda e: sympy.expand(e, power_exp=True),
+    sympy.together,
+    _exp_form,
+    lambda e: sympy.factor(_exp_form(e)),
+)
+
+
+def _rewrites(expr):
+    """Equal forms of `expr`, cheapest first (a generator: callers stop early)."""
+    yield expr
+    for rewrite in _REWRITES:
+        out = try_sympy(lambda: rewrite(expr), 2.0)
+        if out is not None:
+            yield out
+    # sqrt(E): also try sqrt of each rewrite of E, and pulling squares out of it.
+    if isinstance(expr, sympy.Pow) and expr.exp == sympy.S.Half:
+        for inner in _rewrites(expr.base):
+            yield sympy.sqrt(inner)
+            out = try_sympy(lambda: sympy.powdenest(sympy.sqrt(inner), force=True), 2.0)
+            if out is not None:
+                yield out
+
+
+def _candidates(expr):
+    """Each rewrite, first with expm1/log1p substituted where they apply."""
+    seen = set()
+    for form in _rewrites(expr):
+        o = try_sympy(lambda: optimize(form, _STABLE_OPTS), 2.0)
+        for f in (o, form):
+            if f is not None and f not in seen:
+                seen.add(f)
+                yield f
+
+
+def _probe_times(T: float) -> np.ndarray:
+    near = np.geomspace(1e-7, 0.1, 25) * T
+    return np.unique(np.concatenate([near, np.linspace(0, T, 33)[1:-1], T - near]))
+
+
+def stable_form(expr: sympy.Expr, subs: tuple, T: float, hints: tuple = ()) -> sympy.Expr:
+    """Among algebraically equal rewrites of `expr` (with `expm1`/`log1p` where they
+    apply, and any `hints` — candidate forms that are only accepted if they match),
+    pick the one with the smallest float32 relative error on probe times near both
+    endpoints, measured against 30-digit mpmath evaluation of `expr` itself.
+
+    The choice is cached per symbolic expression (parameters as symbols), so new
+    parameter values reuse it."""
+    if expr.free_symbols - {t}.union(s for s, _ in subs) or not expr.has(t):
+        return expr
+    return _stable_form_cached(expr, hints, T, subs)
+
+
+_STABLE_CACHE: dict = {}
+
+
+def _stable_form_cached(expr, hints, T, subs):
+    key = (expr, hints, T)
+    if key not in _STABLE_CACHE:
+        _STABLE_CACHE[key] = _choose_form(expr, subs, T, hints)
+    return _STABLE_CACHE[key]
+
+
+GOOD_ENOUGH = 1e-6  # float32 relative error at which the search for forms stops
+
+
+def _choose_form(expr, subs, T, hints):
+    sub = dict(subs)
+    ts = _probe_times(T)
+    with mpmath.workdps(30):
+        ref_fn = sympy.lambdify(t, expr.subs(sub), modules="mpmath")
+        ref = []
+        for s in ts:
+            try:
+                v = complex(ref_fn(mpmath.mpf(float(s))))
+                ref.append(v.real if abs(v.imag) < 1e-20 else np.nan)
+            except (ZeroDivisionError, ValueError, TypeError, OverflowError):
+                ref.append(np.nan)
+    ref = np.asarray(ref)
+    ok = np.isfinite(ref)
+    if not ok.any():
+        return expr
+    best, best_err = expr, math.inf
+    for form in itertools.chain(hints, _candidates(expr)):
+        if best_err <= GOOD_ENOUGH:
+            break
+        if form.has(sympy.I) or not compilable(form):
+            continue
+        try:
+            fn = sympy.lambdify(t, form.subs(sub), modules="numpy")
+            with np.errstate(all="ignore"):
+                val = np.broadcast_to(np.asarray(fn(ts.astype(np.float32))), ts.shape)
+                if np.iscomplexobj(val):
+                    continue
+                val = val.astype(np.float64)
+                err = np.abs(val[ok] - ref[ok]) / np.maximum(np.abs(ref[ok]), 1e-30)
+            e = float(np.max(np.where(np.isfinite(err), err, 1e30)))
+        except Exception:
+            continue
+        if e < best_err * 0.5 or (
+            e <= best_err and sympy.count_ops(form) < sympy.count_ops(best)
+        ):
+            best, best_err = form, e
+    return best
+
+
+EXTRA_FUNCS = {expm1: "expm1", log1p: "log1p"}
+
+
+def compilable(expr) -> bool:
+    """Whether sympy2jax can turn `expr` into a JAX callable."""
+    import jax.numpy as jnp
+    import sympy2jax
+
+    try:
+        sympy2jax.SymbolicModule(
+            expr, extra_funcs={k: getattr(jnp, v) for k, v in EXTRA_FUNCS.items()}
+        )
+    except (KeyError, TypeError, ValueError, NotImplementedError):
+        return False
+    return True
