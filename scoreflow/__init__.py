@@ -25,6 +25,12 @@ from ._process import (
 from ._symbols import t as t, x as x
 # TIME
 
+from ._predictor import (
+    convert as convert,
+    PREDICTIONS as PREDICTIONS,
+    Predictor as Predictor,
+)
+
 # --- predictions, losses, nets, training (issue 3) ---
 
 # --- dynamics, samplers, guidance (issue 4) ---

@@ -1,0 +1,187 @@
+"""`Predictor`: exact conversions between what a network outputs.
+
+Every prediction type is converted to one hub, the pair $(\\hat x_0, \\hat\\varepsilon)$
+with $x = \\alpha \\hat x_0 + \\sigma \\hat\\varepsilon$, and every output is read off
+the hub. Each conversion is the linear solve that stays finite where its type is
+well posed: `eps` near $\\sigma \\to 0$, `x0` near $\\alpha \\to 0$, and `velocity`/`v`
+everywhere.
+"""
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._custom_types import ScalarLike
+from ._process import AbstractProcess
+
+
+PREDICTIONS = ("score", "eps", "x0", "velocity", "v")
+
+PredictionType = Literal["score", "eps", "x0", "velocity", "v"]
+
+
+def check_prediction(prediction: str, call: str) -> str:
+    if prediction not in PREDICTIONS:
+        raise ValueError(
+            f"`{call}`: unknown prediction type {prediction!r}; expected one of "
+            f"{', '.join(map(repr, PREDICTIONS))}. ('velocity' is the flow-matching "
+            "velocity dx_t/dt = alpha' x0 + sigma' eps; 'v' is Salimans & Ho's "
+            "alpha eps - sigma x0.)"
+        )
+    return prediction
+
+
+def to_hub(process: AbstractProcess, prediction: str, t, x, out):
+    r"""$(\hat x_0, \hat\varepsilon)$ from a prediction `out` of type `prediction`."""
+    a, s = process.alpha(t), process.sigma(t)
+    if prediction == "eps":
+        eps = out
+        x0 = (x - s * eps) / a
+    elif prediction == "score":
+        eps = -s * out
+        x0 = (x - s * eps) / a
+    elif prediction == "x0":
+        x0 = out
+        eps = (x - a * x0) / s
+    elif prediction == "velocity":
+        da, ds = process.alpha_dot(t), process.sigma_dot(t)
+        det = a * ds - s * da
+        x0 = (ds * x - s * out) / det
+        eps = (a * out - da * x) / det
+    elif prediction == "v":
+        n = a**2 + s**2
+        x0 = (a * x - s * out) / n
+        eps = (s * x + a * out) / n
+    else:  # pragma: no cover - validated at construction
+        raise ValueError(prediction)
+    return x0, eps
+
+
+def from_hub(process: AbstractProcess, prediction: str, t, x, x0, eps):
+    """Any prediction type from the hub pair."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "score":
+        return -eps / process.sigma(t)
+    if prediction == "velocity":
+        return process.alpha_dot(t) * x0 + process.sigma_dot(t) * eps
+    if prediction == "v":
+        return process.alpha(t) * eps - process.sigma(t) * x0
+    raise ValueError(prediction)  # pragma: no cover
+
+
+def convert(
+    process: AbstractProcess,
+    t: ScalarLike,
+    x: Float[ArrayLike, "*shape"],
+    out: Float[ArrayLike, "*shape"],
+    *,
+    source: PredictionType,
+    target: PredictionType,
+) -> Float[Array, "*shape"]:
+    """Convert one prediction `out` of type `source` at `(t, x)` to type `target`.
+
+    **Arguments:** `process`; `t` a scalar time ($t = 0$ is data); `x` the noisy
+    point; `out` the prediction; `source`/`target` prediction types.
+    """
+    check_prediction(source, "sf.convert")
+    check_prediction(target, "sf.convert")
+    x = jnp.asarray(x)
+    t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+    if source == target:
+        return jnp.asarray(out)
+    x0, eps = to_hub(process, source, t, x, jnp.asarray(out))
+    return from_hub(process, target, t, x, x0, eps)
+
+
+class Predictor(eqx.Module):
+    r"""A network together with the process it was trained on and what it predicts.
+
+    `model(t, x)` (or `model(t, x, cond)`) is unbatched: `t` a scalar array in
+    scoreflow's time ($t = 0$ data), `x` one example. The methods return every other
+    parameterisation by exact conversion through $(\hat x_0, \hat\varepsilon)$:
+
+    - `score` $= -\hat\varepsilon / \sigma$,
+    - `eps`, `x0`,
+    - `velocity` $= \dot\alpha \hat x_0 + \dot\sigma \hat\varepsilon$ (flow matching),
+    - `v` $= \alpha \hat\varepsilon - \sigma \hat x_0$ (Salimans & Ho 2022).
+
+    **Arguments:**
+
+    - `model`: the network.
+    - `process`: the forward process it was trained on.
+    - `prediction`: one of `"score"`, `"eps"`, `"x0"`, `"velocity"`, `"v"`.
+    - `null_cond`: the label that means "unconditional" for a network trained with
+      label dropout (used by [`scoreflow.cfg`][] when `cond=None`).
+
+    **Raises:** `ValueError` for an unknown prediction type.
+
+    ```python
+    pred = sf.Predictor(model, sf.VP(), prediction="eps")
+    pred.score(0.5, x)
+    ```
+    """
+
+    model: Callable
+    process: AbstractProcess
+    prediction: str = eqx.field(static=True)
+    null_cond: Any = None
+
+    def __init__(self, model, process, prediction: PredictionType = "eps", null_cond=None):
+        self.model = model
+        self.process = process
+        self.prediction = check_prediction(prediction, "sf.Predictor")
+        self.null_cond = null_cond
+
+    def raw(self, t, x, cond=None):
+        """The network's own output (no conversion)."""
+        if cond is None:
+            if self.null_cond is None:
+                return self.model(t, x)
+            return self.model(t, x, self.null_cond)
+        return self.model(t, x, cond)
+
+    def hub(self, t, x, cond=None):
+        r"""The pair $(\hat x_0, \hat\varepsilon)$."""
+        x = jnp.asarray(x)
+        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+        return to_hub(self.process, self.prediction, t, x, self.raw(t, x, cond))
+
+    def _as(self, target, t, x, cond):
+        x = jnp.asarray(x)
+        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+        out = self.raw(t, x, cond)
+        if target == self.prediction:
+            return out
+        x0, eps = to_hub(self.process, self.prediction, t, x, out)
+        return from_hub(self.process, target, t, x, x0, eps)
+
+    def score(self, t, x, cond=None):
+        r"""$\nabla_x \log p_t(x)$."""
+        return self._as("score", t, x, cond)
+
+    def eps(self, t, x, cond=None):
+        r"""$\hat\varepsilon = -\sigma(t)\,\nabla_x\log p_t(x)$."""
+        return self._as("eps", t, x, cond)
+
+    def x0(self, t, x, cond=None):
+        r"""$\hat x_0 = E[x_0 \mid x_t = x]$ (Tweedie)."""
+        return self._as("x0", t, x, cond)
+
+    def velocity(self, t, x, cond=None):
+        r"""Flow-matching velocity $E[\dot\alpha x_0 + \dot\sigma\varepsilon \mid x_t = x]$."""
+        return self._as("velocity", t, x, cond)
+
+    def v(self, t, x, cond=None):
+        r"""Salimans & Ho's $v = \alpha\hat\varepsilon - \sigma\hat x_0$."""
+        return self._as("v", t, x, cond)
+
+    def as_prediction(self, target: PredictionType):
+        """The method returning prediction type `target` (a `(t, x, cond)` callable)."""
+        check_prediction(target, "Predictor.as_prediction")
+        return getattr(self, target)

@@ -1,0 +1,19 @@
+import jax
+import jax.random as jr
+import pytest
+
+
+# Exactness tests run in float64; float32 behaviour is tested explicitly by casting.
+jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture
+def getkey():
+    """A fresh PRNG key on each call, deterministic per test."""
+    state = {"key": jr.key(0)}
+
+    def _getkey():
+        state["key"], sub = jr.split(state["key"])
+        return sub
+
+    return _getkey
