@@ -36,6 +36,23 @@ from ._predictor import (
 # --- dynamics, samplers, guidance (issue 4) ---
 
 # --- likelihood, checks, testing (issue 5) ---
+from . import checks as checks
+from ._likelihood import (
+    bits_per_dim as bits_per_dim,
+    LikelihoodInfo as LikelihoodInfo,
+    log_likelihood as log_likelihood,
+)
+
+
+def __getattr__(name):
+    # `scoreflow.testing` needs hypothesis, a dev dependency: import it on first use
+    # (`sf.testing` or `import scoreflow.testing`), so `import scoreflow` does not.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module 'scoreflow' has no attribute {name!r}")
+
 
 try:
     __version__ = importlib.metadata.version("scoreflow")
