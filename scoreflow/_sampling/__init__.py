@@ -1,0 +1,31 @@
+"""Reverse-time dynamics, samplers and guidance."""
+
+from ._dynamics import (
+    ReverseDiffusion as ReverseDiffusion,
+    ReverseDrift as ReverseDrift,
+    probability_flow as probability_flow,
+    reverse_dynamics as reverse_dynamics,
+    reverse_sde as reverse_sde,
+)
+from ._grids import (
+    check_time_grid as check_time_grid,
+    edm_grid as edm_grid,
+    log_snr_grid as log_snr_grid,
+    uniform_grid as uniform_grid,
+)
+from ._guidance import (
+    AbstractGuidedPredictor as AbstractGuidedPredictor,
+    CFGPredictor as CFGPredictor,
+    ClassifierGuidedPredictor as ClassifierGuidedPredictor,
+    cfg as cfg,
+    classifier_guidance as classifier_guidance,
+)
+from ._sample import sample as sample
+from ._solvers import (
+    DDIM as DDIM,
+    DDPM as DDPM,
+    AbstractDiffusionSolver as AbstractDiffusionSolver,
+    DPMSolverPP2M as DPMSolverPP2M,
+    EDMHeun as EDMHeun,
+    PredictorCorrector as PredictorCorrector,
+)

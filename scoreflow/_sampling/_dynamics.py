@@ -1,0 +1,221 @@
+r"""Reverse-time dynamics as diffrax terms, in flipped time $s = t_1 - t$.
+
+The family of reverse-time processes sharing the marginals $p_t$ of a forward
+process $dx = f(t, x)\,dt + g(t)\,dW$ is, for any noise level $\eta(t) \ge 0$,
+
+$$dx = \Big[f(t, x) - \tfrac{1 + \eta(t)^2}{2}\,g(t)^2\,\nabla_x\log p_t(x)\Big]dt
+      + \eta(t)\,g(t)\,d\bar W_t,$$
+
+run backwards from $t_1$ to $t_0$: $\eta = 0$ is the probability-flow ODE and
+$\eta = 1$ the reverse SDE (Anderson 1982; Song et al. 2021). scoreflow integrates
+it in the flipped time $s = t_1 - t$, *forwards* in $s$, so no solver's
+backward-time code path is ever used (diffrax's stochastic Runge--Kutta solvers
+have had backward-time bugs, diffrax#598). In $s$ the drift changes sign and the
+noise, being symmetric, does not:
+
+$$dx = -\Big[f - \tfrac{1 + \eta^2}{2} g^2 \nabla\log p_t\Big](t_1 - s)\,ds
+      + \eta\,g(t_1 - s)\,dW_s.$$
+
+The noise is additive (it does not depend on $x$), so Itô and Stratonovich
+readings coincide and diffrax's additive-noise solvers (ShARK, SRA1, SEA) apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+import lineax as lx
+
+from .._process import AbstractProcess
+
+
+def _is_static_zero(eta) -> bool:
+    return isinstance(eta, (int, float)) and not isinstance(eta, bool) and eta == 0
+
+
+def _as_eta(eta):
+    """Keep Python 0 static (so the ODE has no noise at all); anything else numeric
+    becomes an array leaf (traced, no recompilation when it changes)."""
+    if eta is None or callable(eta) or _is_static_zero(eta):
+        return 0 if eta is None else eta
+    return jnp.asarray(eta, dtype=jnp.result_type(float))
+
+
+class ReverseDrift(eqx.Module):
+    r"""The drift of the reverse-time family in flipped time $s = t_1 - t$:
+    $-\big[f(t, x) - \tfrac{1+\eta(t)^2}{2}\,g(t)^2\,\text{score}(t, x)\big]$ at
+    $t = t_1 - s$. Called as `drift(s, x, cond)` (diffrax's `(t, y, args)`, with
+    `args` the condition passed to the predictor).
+
+    Samplers that need the model itself (DDIM, DPM-Solver++, EDM) read `process`,
+    `predictor` and `t1` from this object.
+    """
+
+    process: AbstractProcess
+    predictor: Any
+    eta: Any
+    t1: float = eqx.field(static=True)
+
+    def time(self, s):
+        """Process time $t = t_1 - s$."""
+        return self.t1 - s
+
+    def eta_at(self, t):
+        if _is_static_zero(self.eta):
+            return None
+        return self.eta(t) if callable(self.eta) else self.eta
+
+    def __call__(self, s, x, cond=None):
+        t = self.time(s)
+        x = jnp.asarray(x)
+        t = jnp.asarray(t, x.dtype)
+        eta = self.eta_at(t)
+        w = 0.5 if eta is None else (1 + eta**2) / 2
+        score = self.predictor.score(t, x, cond)
+        return -(self.process.drift(t, x) - w * self.process.g2(t) * score)
+
+
+class ReverseDiffusion(eqx.Module):
+    r"""The diffusion $\eta(t)\,g(t)$ at $t = t_1 - s$, as a diagonal lineax operator
+    acting on a Brownian increment shaped like `x`."""
+
+    process: AbstractProcess
+    eta: Any
+    t1: float = eqx.field(static=True)
+
+    def __call__(self, s, x, cond=None):
+        x = jnp.asarray(x)
+        t = jnp.asarray(self.t1 - s, x.dtype)
+        eta = self.eta(t) if callable(self.eta) else self.eta
+        scale = (eta * self.process.diffusion(t)).astype(x.dtype)
+        return lx.DiagonalLinearOperator(jnp.broadcast_to(scale, x.shape))
+
+
+def _brownian(brownian_motion, key, process, shape, call):
+    if brownian_motion is not None and key is not None:
+        raise ValueError(f"`{call}`: pass either brownian_motion= or key=, not both.")
+    if brownian_motion is not None:
+        return brownian_motion
+    if key is None:
+        raise ValueError(
+            f"`{call}` needs randomness: pass key= (a VirtualBrownianTree on the "
+            "flipped time s in [0, t1 - t0] is built for you) or brownian_motion= "
+            "(any diffrax.AbstractBrownianPath in flipped time s = t1 - t)."
+        )
+    if shape is None:
+        raise ValueError(f"`{call}(key=...)`: also pass shape= (the shape of one x).")
+    span = process.t1 - process.t0
+    return diffrax.VirtualBrownianTree(
+        0.0,
+        span,
+        tol=span / 2**12,
+        shape=tuple(shape),
+        key=key,
+        levy_area=diffrax.SpaceTimeLevyArea,
+    )
+
+
+def reverse_dynamics(
+    process: AbstractProcess,
+    predictor,
+    *,
+    eta: float | Callable = 1.0,
+    brownian_motion: diffrax.AbstractBrownianPath | None = None,
+    key=None,
+    shape: tuple[int, ...] | None = None,
+):
+    r"""The reverse-time family with noise level $\eta(t)$, as diffrax terms in flipped
+    time $s = t_1 - t$ (integrate forwards in $s$ from $t_1 - t_\text{start}$):
+
+    $$dx = -\Big[f - \tfrac{1 + \eta^2}{2} g^2 \nabla\log p_t\Big]ds + \eta\,g\,dW_s.$$
+
+    **Arguments:**
+
+    - `process`: the forward process.
+    - `predictor`: an [`scoreflow.Predictor`][] (or a guided one from
+      [`scoreflow.cfg`][]); its `score(t, x, cond)` is used, `cond` being diffrax's
+      `args`.
+    - `eta`: a number $\ge 0$ or a callable `eta(t)` of process time. A Python `0`
+      gives the probability-flow ODE (an `ODETerm`, no noise term at all).
+    - `brownian_motion` or `key` (+ `shape`): the Brownian path in $s$ for $\eta \ne 0$.
+
+    **Returns:** `diffrax.ODETerm` (for `eta=0`) or
+    `diffrax.MultiTerm(ODETerm, ControlTerm)`.
+
+    **Raises:** `ValueError` if the noise term has no Brownian path.
+
+    ```python
+    terms = sf.reverse_dynamics(p, pred, eta=0.5, key=key, shape=(2,))
+    s1 = p.t1 - p.t0
+    sol = diffrax.diffeqsolve(terms, diffrax.Euler(), 0.0, s1, 1e-3, x1)
+    ```
+    """
+    eta = _as_eta(eta)
+    drift = diffrax.ODETerm(ReverseDrift(process, predictor, eta, float(process.t1)))
+    if _is_static_zero(eta):
+        return drift
+    bm = _brownian(brownian_motion, key, process, shape, "sf.reverse_dynamics")
+    return diffrax.MultiTerm(
+        drift,
+        diffrax.ControlTerm(ReverseDiffusion(process, eta, float(process.t1)), bm),
+    )
+
+
+def reverse_sde(
+    process: AbstractProcess,
+    predictor,
+    brownian_motion: diffrax.AbstractBrownianPath | None = None,
+    *,
+    key=None,
+    shape: tuple[int, ...] | None = None,
+) -> diffrax.MultiTerm:
+    r"""The reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6) in flipped time
+    $s = t_1 - t$: drift $-[f - g^2\nabla\log p_t]$, diffusion $g$:
+
+    $$dx = -\big[f(t, x) - g(t)^2\,\nabla_x\log p_t(x)\big]\,ds + g(t)\,dW_s,
+    \qquad t = t_1 - s.$$
+
+    **Arguments:** `process`, `predictor` (its `score(t, x, cond)`, `cond` = diffrax
+    `args`), and the Brownian path in $s$: `brownian_motion`, or `key` and `shape`
+    (then a `diffrax.VirtualBrownianTree` on $[0, t_1 - t_0]$ with Lévy area, so
+    every diffrax SDE solver, ShARK included, works).
+
+    **Returns:** `diffrax.MultiTerm(ODETerm, ControlTerm)`.
+
+    ```python
+    terms = sf.reverse_sde(p, pred, key=jr.key(0), shape=(2,))
+    sol = diffrax.diffeqsolve(terms, diffrax.ShARK(), 0.0, p.t1 - p.t0, 1e-2, x1)
+    ```
+    [arXiv:2011.13456](https://arxiv.org/abs/2011.13456)
+    """
+    return reverse_dynamics(
+        process,
+        predictor,
+        eta=1.0,
+        brownian_motion=brownian_motion,
+        key=key,
+        shape=shape,
+    )
+
+
+def probability_flow(process: AbstractProcess, predictor) -> diffrax.ODETerm:
+    r"""The probability-flow ODE (Song et al. 2021, eq. 13) in flipped time
+    $s = t_1 - t$:
+
+    $$\frac{dx}{ds} = -\Big[f(t, x) - \tfrac12 g(t)^2\,\nabla_x\log p_t(x)\Big],
+    \qquad t = t_1 - s,$$
+
+    which shares the marginals $p_t$ of the forward process.
+
+    **Arguments:** `process`, `predictor` (its `score(t, x, cond)`, `cond` = diffrax
+    `args`).
+
+    **Returns:** a `diffrax.ODETerm`; integrate it forwards in $s$ from
+    $t_1 - t_\text{start}$ to $t_1 - t_\text{end}$.
+    [arXiv:2011.13456](https://arxiv.org/abs/2011.13456)
+    """
+    return reverse_dynamics(process, predictor, eta=0)

@@ -1,0 +1,530 @@
+r"""`sf.sample`: draw samples by integrating the reverse-time dynamics.
+
+Design (see the module docstring of `_dynamics` for the flipped time):
+
+- Every sample is computed by one unbatched function of its own key, `vmap`-ed
+  over the batch, so a batch of $n$ equals the same $n$ samples drawn one at a time.
+  With a single `key`, sample $i$ uses `jax.random.fold_in(key, i)`; its initial
+  noise comes from the first half of that key only (whatever the method, solver or
+  grid) and its Brownian path from the second.
+- Fixed grids run `solver.step` of the *same diffrax solver object* inside one
+  `lax.scan` (no `diffeqsolve` while-loop, no per-step saving or error checks), which
+  costs what a hand-written scan costs. Adaptive solves, and fixed grids with a
+  progress meter, go through `diffrax.diffeqsolve`.
+- Everything numeric (grid values, tolerances, guidance scale, `eta`, solver
+  parameters) is traced; one compilation per shape, step count and static option.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .._predictor import Predictor
+from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics
+from ._grids import check_time_grid, uniform_grid
+from ._guidance import AbstractGuidedPredictor
+from ._solvers import AbstractDiffusionSolver
+
+# Number of times the jitted sampler has been traced (read by the trace-count test).
+_TRACES = [0]
+
+
+# --------------------------------------------------------------------------- #
+# Counting model evaluations
+# --------------------------------------------------------------------------- #
+
+_COUNTER: list[int] = []
+
+
+@contextlib.contextmanager
+def _counting():
+    _COUNTER.append(0)
+    box = {}
+    try:
+        yield box
+    finally:
+        box["n"] = _COUNTER.pop()
+
+
+class _CountedModel(eqx.Module):
+    """Calls the model; at trace time, counts the call when a counter is active."""
+
+    model: Callable
+
+    def __call__(self, *args):
+        if _COUNTER:
+            _COUNTER[-1] += 1
+        return self.model(*args)
+
+
+def _instrument(pred):
+    if isinstance(pred, Predictor):
+        return eqx.tree_at(lambda p: p.model, pred, _CountedModel(pred.model))
+    if isinstance(pred, AbstractGuidedPredictor):
+        return eqx.tree_at(lambda p: p.predictor, pred, _instrument(pred.predictor))
+    return pred
+
+
+def _traced_calls(fn) -> int:
+    with _counting() as box:
+        jax.eval_shape(fn)
+    return box["n"]
+
+
+def _per_step(solver, terms, s0, s1, y, args, calls_per_vf):
+    """(model calls per step, extra calls on the first step, calls in init)."""
+    if isinstance(solver, diffrax.AbstractRungeKutta) and hasattr(solver.tableau, "c"):
+        stages = len(solver.tableau.c) + 1
+        fsal = bool(getattr(solver.tableau, "fsal", False))
+        return (stages - fsal) * calls_per_vf, int(fsal) * calls_per_vf, 0
+    if isinstance(solver, diffrax.AbstractSRK):
+        return (len(solver.tableau.c) + 1) * calls_per_vf, 0, 0
+    state = solver.init(terms, s0, s1, y, args)
+    n_init = _traced_calls(lambda: solver.init(terms, s0, s1, y, args))
+    n_step = _traced_calls(lambda: solver.step(terms, s0, s1, y, args, state, False))
+    return n_step, 0, n_init
+
+
+# --------------------------------------------------------------------------- #
+# Options and validation
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    method: str
+    fixed: bool
+    use_diffeqsolve: bool
+    denoise: bool
+    trajectory: bool
+    tree: bool
+    batched_key: bool
+    has_noise: bool
+    max_steps: int
+    dt0: Any
+    progress_meter: Any
+
+
+def _levy_area(solver):
+    minimal = getattr(solver, "minimal_levy_area", None)
+    if minimal is None:
+        return diffrax.BrownianIncrement
+    if issubclass(diffrax.SpaceTimeTimeLevyArea, minimal) and not issubclass(
+        diffrax.SpaceTimeLevyArea, minimal
+    ):
+        return diffrax.SpaceTimeTimeLevyArea
+    if issubclass(diffrax.SpaceTimeLevyArea, minimal):
+        return diffrax.SpaceTimeLevyArea
+    return diffrax.BrownianIncrement
+
+
+def _is_key_batch(key, num):
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape == ():
+            return False
+        if key.shape == (num,):
+            return True
+    else:
+        if key.shape == (2,):
+            return False
+        if key.shape == (num, 2):
+            return True
+    raise ValueError(
+        "`sf.sample(key, ...)`: key must be one PRNG key or a batch of `num` keys (one "
+        f"per sample), got shape {key.shape} with num={num}."
+    )
+
+
+def _traced_controller(c):
+    """Tolerances as arrays, so changing them does not recompile."""
+    for name in ("rtol", "atol", "dtmin", "dtmax"):
+        v = getattr(c, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            c = eqx.tree_at(lambda x, n=name: getattr(x, n), c, jnp.asarray(float(v)))
+    return c
+
+
+# --------------------------------------------------------------------------- #
+# The jitted implementation
+# --------------------------------------------------------------------------- #
+
+
+@eqx.filter_jit
+def _sample_impl(
+    key, noise, cond, process, predictor, solver, controller, grid, eta, num, opts
+):
+    _TRACES[0] += 1
+    pred = _instrument(predictor)
+    shape_dtype = noise
+    shape, dtype = shape_dtype.shape, shape_dtype.dtype
+    if opts.has_noise:
+        shape = shape[1:]
+    s_grid = (process.t1 - grid).astype(dtype)
+    s_start, s_end = s_grid[0], s_grid[-1]
+    ode = opts.method == "ode"
+    levy = _levy_area(solver)
+
+    if opts.batched_key:
+        keys = key
+    else:
+        keys = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(num))
+
+    def terms_for(bkey):
+        if ode:
+            return reverse_dynamics(process, pred, eta=0)
+        if opts.tree:
+            span = process.t1 - process.t0
+            lo = jnp.minimum(0.0, s_start)
+            hi = jnp.maximum(span, s_end)
+            if opts.fixed:
+                tol = jnp.min(jnp.diff(s_grid)) / 4
+            else:
+                tol = (s_end - s_start) / 2**12
+            bm = diffrax.VirtualBrownianTree(lo, hi, tol, shape, bkey, levy_area=levy)
+        else:
+            bm = diffrax.UnsafeBrownianPath(shape, bkey, levy_area=levy)
+        return reverse_dynamics(process, pred, eta=eta, brownian_motion=bm)
+
+    def one(k, x_given, c):
+        nkey, bkey = jr.split(k)
+        if opts.has_noise:
+            x = x_given
+        else:
+            x = (process.sigma(grid[0]) * jr.normal(nkey, shape, dtype)).astype(dtype)
+        terms = terms_for(bkey)
+        calls_vf = _traced_calls(
+            lambda: terms.vf(s_start, x, c) if ode else terms.terms[0].vf(s_start, x, c)
+        )
+        per_step, first, n_init = _per_step(
+            solver, terms, s_start, s_grid[1], x, c, calls_vf
+        )
+        if opts.fixed and not opts.use_diffeqsolve:
+            state = solver.init(terms, s_start, s_grid[1], x, c)
+
+            def body(carry, ss):
+                y, st = carry
+                y, _, _, st, _ = solver.step(terms, ss[0], ss[1], y, c, st, False)
+                return (y, st), (y if opts.trajectory else None)
+
+            (y, _), traj = jax.lax.scan(body, (x, state), (s_grid[:-1], s_grid[1:]))
+            steps = jnp.asarray(len(grid) - 1)
+            stats = dict(
+                num_steps=steps,
+                num_accepted_steps=steps,
+                num_rejected_steps=jnp.asarray(0),
+            )
+            if opts.trajectory:
+                traj = jnp.concatenate([x[None], traj])
+                ts = grid
+        else:
+            if opts.fixed:
+                ctrl, dt0 = diffrax.StepTo(ts=s_grid), None
+                saveat = (
+                    diffrax.SaveAt(ts=s_grid)
+                    if opts.trajectory
+                    else diffrax.SaveAt(t1=True)
+                )
+            else:
+                ctrl, dt0 = controller, opts.dt0
+                saveat = (
+                    diffrax.SaveAt(t0=True, steps=True)
+                    if opts.trajectory
+                    else diffrax.SaveAt(t1=True)
+                )
+            sol = diffrax.diffeqsolve(
+                terms,
+                solver,
+                s_start,
+                s_end,
+                dt0,
+                x,
+                args=c,
+                saveat=saveat,
+                stepsize_controller=ctrl,
+                max_steps=opts.max_steps,
+                progress_meter=opts.progress_meter or diffrax.NoProgressMeter(),
+                throw=True,
+            )
+            if opts.trajectory:
+                traj, ts = sol.ys, process.t1 - sol.ts
+                last = jnp.sum(jnp.isfinite(sol.ts)) - 1
+                y = sol.ys[last] if not opts.fixed else sol.ys[-1]
+            else:
+                y = sol.ys[-1]
+            stats = {
+                k: sol.stats[k]
+                for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
+            }
+            steps = stats["num_steps"]
+        init_dt = 2 * calls_vf if (not opts.fixed and opts.dt0 is None and ode) else 0
+        nfe = n_init + first + init_dt + per_step * steps
+        if opts.denoise:
+            n_den = _traced_calls(lambda: pred.x0(grid[-1], y, c))
+            y = pred.x0(grid[-1], y, c)
+            nfe = nfe + n_den
+        stats["nfe"] = jnp.asarray(nfe)
+        if opts.trajectory:
+            stats["trajectory"], stats["ts"] = traj, ts
+        return y, stats
+
+    xs = noise if opts.has_noise else None
+    return jax.vmap(one)(keys, xs, cond)
+
+
+# --------------------------------------------------------------------------- #
+# Public entry point
+# --------------------------------------------------------------------------- #
+
+
+def sample(
+    key,
+    process,
+    predictor,
+    shape: tuple[int, ...],
+    *,
+    num: int,
+    method: str = "ode",
+    solver: diffrax.AbstractSolver = diffrax.Heun(),
+    steps: int | None = None,
+    time_grid=None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    eta: float | Callable | None = None,
+    cond: Any = None,
+    noise=None,
+    denoise: bool = False,
+    return_trajectory: bool = False,
+    return_info: bool = False,
+    brownian: str = "increments",
+    progress_meter: diffrax.AbstractProgressMeter | None = None,
+    dt0: float | None = None,
+    max_steps: int = 4096,
+):
+    r"""Draw `num` samples by integrating the reverse-time dynamics from noise to data.
+
+    The dynamics are the family
+    $dx = [f - \tfrac{1+\eta^2}{2}g^2\nabla\log p_t]\,dt + \eta\,g\,d\bar W$ run from
+    `time_grid[0]` (default $t_1$) to `time_grid[-1]` (default $t_0$), integrated in
+    flipped time $s = t_1 - t$ ([`scoreflow.reverse_dynamics`][]): `method="ode"` is
+    the probability-flow ODE ($\eta = 0$), `method="sde"` the reverse SDE ($\eta = 1$,
+    or any `eta`).
+
+    **Arguments:**
+
+    - `key`: one PRNG key (sample $i$ uses `jax.random.fold_in(key, i)`, so the first
+      $m$ samples of a batch do not depend on `num`), or a batch of `num` keys, one
+      per sample. A batch of keys gives exactly the samples drawn one key at a time.
+    - `process`, `predictor`: the forward process and an [`scoreflow.Predictor`][]
+      (or a guided one, [`scoreflow.cfg`][]).
+    - `shape`: the shape of one sample.
+    - `num`: the number of samples.
+    - `method`: `"ode"` or `"sde"`.
+    - `solver`: any diffrax solver (ODE: Euler, Heun, Midpoint, Tsit5, Dopri5...;
+      SDE: Euler (Euler--Maruyama), Heun, ShARK, SRA1, SEA...) or a scoreflow sampler
+      ([`scoreflow.DDIM`][], [`scoreflow.DPMSolverPP2M`][], [`scoreflow.DDPM`][],
+      [`scoreflow.PredictorCorrector`][], [`scoreflow.EDMHeun`][]).
+    - `steps` or `time_grid` (exactly one, for fixed steps): `steps` gives
+      [`scoreflow.uniform_grid`][]`(process, steps)`; `time_grid` is any strictly
+      decreasing array of times (e.g. [`scoreflow.log_snr_grid`][],
+      [`scoreflow.edm_grid`][]).
+    - `stepsize_controller`: e.g. `diffrax.PIDController(rtol=..., atol=...)` for an
+      adaptive solve (then neither `steps` nor `time_grid`; the solve runs over
+      $[t_0, t_1]$ and each sample takes its own steps). Tolerances are traced.
+    - `eta`: the noise level for `method="sde"` (number or callable `eta(t)`;
+      default 1).
+    - `cond`: a pytree of per-sample conditions with leading axis `num` (passed to
+      the predictor as `cond`).
+    - `noise`: the initial points, shape `(num, *shape)`; default
+      $\sigma(t_\text{start})\,z$ with $z \sim N(0, I)$ from the sample's key only.
+    - `denoise`: finish with one Tweedie step $\hat x_0(t_\text{end}, x)$.
+    - `return_trajectory`: store the states at every grid time (adaptive: at every
+      step, padded with `inf`) in `info["trajectory"]`, times in `info["ts"]`.
+    - `return_info`: also return statistics.
+    - `brownian`: `"increments"` (default; independent per-step noise, the fastest)
+      or `"tree"` (a `diffrax.VirtualBrownianTree` with tolerance a quarter of the
+      smallest step: the same Brownian path whatever the number of steps; needed and
+      chosen automatically for adaptive SDE solves).
+    - `progress_meter`: a diffrax progress meter (then the solve runs through
+      `diffeqsolve`).
+    - `dt0`, `max_steps`: for adaptive solves.
+
+    **Returns:** an array `(num, *shape)`; with `return_info=True` the pair
+    `(samples, info)`, `info` a dict of per-sample arrays: `nfe` (network evaluations
+    actually made; guidance counts twice), `num_steps`, `num_accepted_steps`,
+    `num_rejected_steps` (and `trajectory`, `ts` if asked).
+
+    **Raises:** `ValueError` for conflicting or missing arguments (e.g. both `steps`
+    and `time_grid`), an invalid grid, or `eta` with `method="ode"`.
+
+    ```python
+    import diffrax, scoreflow as sf
+    xs = sf.sample(key, p, pred, (2,), num=1000, steps=50)                   # Heun PF-ODE
+    xs = sf.sample(key, p, pred, (2,), num=1000, method="sde", solver=diffrax.Euler(),
+                   steps=500)                                               # Euler-Maruyama
+    xs, info = sf.sample(key, p, pred, (2,), num=1000, solver=diffrax.Tsit5(),
+                         stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-5),
+                         return_info=True)
+    xs = sf.sample(key, p, pred, (2,), num=1000, solver=sf.DPMSolverPP2M(),
+                   time_grid=sf.log_snr_grid(p, 10))
+    ```
+    """
+    call = "sf.sample"
+    if method not in ("ode", "sde"):
+        raise ValueError(
+            f"`{call}(method=...)` must be 'ode' or 'sde', got {method!r}."
+        )
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+        raise ValueError(
+            f"`{call}(num=...)` must be a Python int >= 1, got num={num!r}."
+        )
+    num = int(num)
+    shape = tuple(int(s) for s in shape)
+    if brownian not in ("increments", "tree"):
+        raise ValueError(
+            f"`{call}(brownian=...)` must be 'increments' or 'tree', got {brownian!r}."
+        )
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise TypeError(
+            f"`{call}(solver=...)` must be a diffrax solver instance such as diffrax.Heun() "
+            f"or sf.DDIM(), got {solver!r}."
+        )
+    if method == "ode":
+        if eta is not None and not _is_static_zero(eta):
+            raise ValueError(
+                f"`{call}`: eta={eta!r} adds noise, which needs method='sde' (method='ode' "
+                "is the probability-flow ODE, eta = 0)."
+            )
+        eta_ = 0
+    else:
+        eta_ = _as_eta(1.0 if eta is None else eta)
+    adaptive = stepsize_controller is not None and not isinstance(
+        stepsize_controller, (diffrax.ConstantStepSize, diffrax.StepTo)
+    )
+    if isinstance(stepsize_controller, diffrax.StepTo):
+        raise ValueError(
+            f"`{call}`: pass the grid as time_grid= (in process time), not StepTo."
+        )
+    if steps is not None and time_grid is not None:
+        raise ValueError(
+            f"`{call}`: pass either steps= or time_grid=, not both (got steps={steps!r} "
+            "and a time grid); the grid already fixes the number of steps."
+        )
+    if adaptive:
+        if steps is not None or time_grid is not None:
+            raise ValueError(
+                f"`{call}`: an adaptive stepsize_controller chooses its own steps; do not "
+                "also pass steps= or time_grid= (use dt0= for the first step)."
+            )
+        if isinstance(solver, AbstractDiffusionSolver):
+            raise ValueError(
+                f"`{call}`: {type(solver).__name__} is a fixed-step sampler (no error "
+                "estimate); pass steps= or time_grid= instead of a stepsize_controller."
+            )
+        grid = jnp.asarray([process.t1, process.t0], jnp.result_type(float))
+        controller = _traced_controller(stepsize_controller)
+    else:
+        if dt0 is not None:
+            raise ValueError(
+                f"`{call}`: dt0= is for adaptive solves; use steps= or time_grid=."
+            )
+        if steps is None and time_grid is None:
+            raise ValueError(
+                f"`{call}`: pass steps= (a uniform grid), time_grid= (e.g. "
+                "sf.log_snr_grid(process, n)) or an adaptive stepsize_controller=."
+            )
+        grid = (
+            uniform_grid(process, steps)
+            if time_grid is None
+            else check_time_grid(time_grid, process, call=f"{call}(time_grid=...)")
+        )
+        controller = None
+    tree = brownian == "tree" or (adaptive and method == "sde")
+    dtype = jnp.result_type(float)
+    grid = jnp.asarray(grid, dtype)
+    if noise is not None:
+        noise = jnp.asarray(noise)
+        if noise.shape != (num, *shape):
+            raise ValueError(
+                f"`{call}(noise=...)` must have shape (num, *shape) = {(num, *shape)}, got "
+                f"{noise.shape}."
+            )
+        template = noise
+    else:
+        template = jax.ShapeDtypeStruct(shape, dtype)
+    if cond is not None:
+        bad = [
+            leaf.shape
+            for leaf in jax.tree_util.tree_leaves(cond)
+            if jnp.shape(leaf)[:1] != (num,)
+        ]
+        if bad:
+            raise ValueError(
+                f"`{call}(cond=...)`: every leaf needs a leading axis of size num={num} "
+                f"(one condition per sample), got shapes {bad}."
+            )
+    batched = _is_key_batch(key, num)
+    has_noise = noise is not None
+    if noise is None:
+        noise = _Template(template)
+    key, noise, cond, batched = _shard(key, noise, cond, num, batched)
+    opts = _Options(
+        method=method,
+        fixed=not adaptive,
+        use_diffeqsolve=progress_meter is not None,
+        denoise=bool(denoise),
+        trajectory=bool(return_trajectory),
+        tree=tree,
+        batched_key=batched,
+        has_noise=has_noise,
+        max_steps=int(max_steps),
+        dt0=dt0,
+        progress_meter=progress_meter,
+    )
+    xs, info = _sample_impl(
+        key, noise, cond, process, predictor, solver, controller, grid, eta_, num, opts
+    )
+    if not return_info:
+        return xs
+    if not return_trajectory:
+        info["ts"] = grid
+    return xs, info
+
+
+class _Template(eqx.Module):
+    """Shape and dtype of one sample (static)."""
+
+    shape: tuple = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+
+    def __init__(self, sds):
+        self.shape, self.dtype = tuple(sds.shape), sds.dtype
+
+
+def _shard(key, noise, cond, num, batched):
+    """Shard the batch across devices when several exist (and `num` divides)."""
+    devices = jax.devices()
+    if len(devices) < 2 or num % len(devices):
+        return key, noise, cond, batched
+    mesh = Mesh(np.array(devices), ("batch",))
+    sh = NamedSharding(mesh, PartitionSpec("batch"))
+    if not batched:
+        key = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(num))
+        key = jax.device_put(key, sh)
+    else:
+        key = jax.device_put(key, sh)
+    if isinstance(noise, jax.Array):
+        noise = jax.device_put(noise, sh)
+    if cond is not None:
+        cond = jax.device_put(cond, sh)
+    return key, noise, cond, True

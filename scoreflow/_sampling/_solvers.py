@@ -1,0 +1,356 @@
+r"""Diffusion samplers as `diffrax.AbstractSolver`s.
+
+Each solver steps the reverse-time dynamics built by
+[`scoreflow.probability_flow`][] / [`scoreflow.reverse_sde`][] (flipped time
+$s = t_1 - t$, integrated forwards in $s$). They read the process and predictor
+from the term's drift, and their randomness from the term's Brownian path, so
+`diffeqsolve`, `SaveAt`, progress meters and Brownian trees all keep working.
+
+The exponential integrators are derived from the declared kernel
+$x_t = \alpha(t)x_0 + \sigma(t)\varepsilon$ and half-log-SNR
+$\lambda = \tfrac12\log(\alpha^2/\sigma^2)$ of *any* process; nothing is
+special-cased to VP. With $h = \lambda_b - \lambda_a > 0$ for a step from $t_a$ to
+$t_b < t_a$:
+
+- DDIM / DPM-Solver-1 (Song et al. 2021; Lu et al. 2022):
+  $x_b = \alpha_b\hat x_0 + \sqrt{\sigma_b^2 - c^2}\,\hat\varepsilon + c\,z$, with
+  $c = \eta\,\sigma_b\sqrt{1 - e^{-2h}}$ (the exact DDPM posterior std at $\eta=1$).
+- DPM-Solver++(2M): $x_b = \tfrac{\sigma_b}{\sigma_a}x_a - \alpha_b(e^{-h} - 1)D$,
+  $D = (1 + \tfrac1{2r})\hat x_0^{(a)} - \tfrac1{2r}\hat x_0^{(\text{prev})}$,
+  $r = h_\text{prev}/h$.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from diffrax import RESULTS, AbstractTerm, LocalLinearInterpolation
+from diffrax._term import WrapTerm
+
+from ._dynamics import ReverseDrift, _is_static_zero
+
+
+def _unwrap(term):
+    while isinstance(term, WrapTerm):
+        term = term.term
+    return term
+
+
+def _split_terms(terms, call):
+    """(ReverseDrift, Brownian ControlTerm or None) from our dynamics' terms."""
+    terms = _unwrap(terms)
+    if isinstance(terms, diffrax.MultiTerm):
+        ode, *rest = (_unwrap(t) for t in terms.terms)
+        noise = rest[0] if rest else None
+    else:
+        ode, noise = terms, None
+    vf = getattr(ode, "vector_field", None)
+    if not isinstance(vf, ReverseDrift):
+        raise ValueError(
+            f"`{call}` steps the dynamics built by sf.probability_flow / sf.reverse_sde "
+            "/ sf.reverse_dynamics (it needs the model, not just a vector field); got "
+            f"terms {type(terms).__name__}."
+        )
+    return vf, noise
+
+
+def _normals(noise, s0, s1, k: int, like, call):
+    """`k` independent standard normals shaped like `like`, from the Brownian path's
+    increments over `k` equal sub-intervals of [s0, s1]."""
+    if noise is None:
+        raise ValueError(
+            f"`{call}` is stochastic and needs a Brownian path: use "
+            "sf.sample(..., method='sde') or the terms of sf.reverse_sde."
+        )
+    out = []
+    h = (s1 - s0) / k
+    for i in range(k):
+        a = s0 + i * h
+        w = noise.contr(a, a + h)
+        w = getattr(w, "W", w)
+        out.append((w / jnp.sqrt(h)).astype(like.dtype))
+    return out
+
+
+def _coeffs(process, t):
+    return process.alpha(t), process.sigma(t), process.log_snr(t) / 2
+
+
+def _invert_log_snr(process, lam, t_guess, iters: int = 12):
+    """The time with log-SNR `lam`, by Newton's method from `t_guess` on the declared
+    (monotone decreasing) log-SNR; jit-compatible with traced process parameters."""
+
+    def newton(t, _):
+        val, slope = jax.jvp(process.log_snr, (t,), (jnp.ones_like(t),))
+        t = t - (val - lam) / slope
+        return jnp.clip(t, 0.5 * process.t0, process.t1), None
+
+    t, _ = jax.lax.scan(newton, jnp.asarray(t_guess), None, length=iters)
+    return t
+
+
+class AbstractDiffusionSolver(diffrax.AbstractSolver):
+    """Base of scoreflow's samplers: fixed-step solvers of the reverse dynamics that
+    evaluate the model through the term's predictor (`hub`, one network evaluation
+    for both $\\hat x_0$ and $\\hat\\varepsilon$). No error estimate: use them on a
+    fixed grid."""
+
+    term_structure: ClassVar = AbstractTerm
+    interpolation_cls: ClassVar[Callable[..., LocalLinearInterpolation]] = (
+        LocalLinearInterpolation
+    )
+
+    def init(self, terms, t0, t1, y0, args):
+        return None
+
+    def func(self, terms, t0, y0, args):
+        drift, _ = _split_terms(terms, type(self).__name__)
+        return drift(t0, y0, args)
+
+    def order(self, terms):
+        return 1
+
+
+def _ddim(drift, s0, s1, x, cond, eta, z):
+    p = drift.process
+    ta, tb = drift.time(s0), drift.time(s1)
+    x0, eps = drift.predictor.hub(ta, x, cond)
+    ab, sb, lb = _coeffs(p, tb)
+    _, _, la = _coeffs(p, ta)
+    if z is None:
+        return ab * x0 + sb * eps
+    h = lb - la
+    var = -jnp.expm1(-2 * h)  # posterior variance / sigma_b^2
+    c = eta * sb * jnp.sqrt(var)
+    return ab * x0 + sb * jnp.sqrt(jnp.clip(1 - eta**2 * var, 0.0)) * eps + c * z
+
+
+class DDIM(AbstractDiffusionSolver):
+    r"""DDIM (Song, Meng & Ermon 2021) for any process with a Gaussian kernel:
+
+    $$x_b = \alpha_b\hat x_0 + \sqrt{\sigma_b^2 - c^2}\,\hat\varepsilon + c\,z,\qquad
+      c = \eta\,\sigma_b\sqrt{1 - e^{\lambda_a - \lambda_b}}$$
+
+    ($\lambda$ the full log-SNR). $\eta = 0$ is deterministic (exactly
+    DPM-Solver-1, first order; use it with `method="ode"` or `"sde"`); $\eta = 1$ is
+    ancestral DDPM. $\eta > 0$ needs the Brownian path of `method="sde"`, whose
+    increments give $z$. One model evaluation per step.
+
+    **Arguments:** `eta` ($\ge 0$; a Python `0` is static and deterministic, any
+    other number is traced).
+    [arXiv:2010.02502](https://arxiv.org/abs/2010.02502)
+    """
+
+    eta: Any = 0.0
+
+    def __init__(self, eta: float = 0.0):
+        if isinstance(eta, (int, float)) and eta < 0:
+            raise ValueError(f"`sf.DDIM(eta=...)` must be >= 0, got eta={eta!r}.")
+        self.eta = (
+            0 if _is_static_zero(eta) else jnp.asarray(eta, jnp.result_type(float))
+        )
+
+    def strong_order(self, terms):
+        return None if _is_static_zero(self.eta) else 0.5
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        drift, noise = _split_terms(terms, "sf.DDIM")
+        z = (
+            None
+            if _is_static_zero(self.eta)
+            else _normals(noise, t0, t1, 1, y0, "sf.DDIM(eta>0)")[0]
+        )
+        y1 = _ddim(drift, t0, t1, y0, args, self.eta, z)
+        return y1, None, dict(y0=y0, y1=y1), None, RESULTS.successful
+
+
+class DDPM(AbstractDiffusionSolver):
+    r"""Ancestral sampling (Ho et al. 2020) for any process with a Gaussian kernel:
+    draw $x_b$ from the exact Gaussian posterior $q(x_b \mid x_a, \hat x_0)$,
+
+    $$x_b = \alpha_b\hat x_0 + \sigma_b e^{-h}\hat\varepsilon
+          + \sigma_b\sqrt{1 - e^{-2h}}\,z,\qquad h = \tfrac12(\lambda_b - \lambda_a),$$
+
+    identical to [`scoreflow.DDIM`][]`(eta=1)`. Needs `method="sde"`.
+    [arXiv:2006.11239](https://arxiv.org/abs/2006.11239)
+    """
+
+    def strong_order(self, terms):
+        return 0.5
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        drift, noise = _split_terms(terms, "sf.DDPM")
+        (z,) = _normals(noise, t0, t1, 1, y0, "sf.DDPM")
+        y1 = _ddim(drift, t0, t1, y0, args, 1.0, z)
+        return y1, None, dict(y0=y0, y1=y1), None, RESULTS.successful
+
+
+class DPMSolverPP2M(AbstractDiffusionSolver):
+    r"""DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): the second-order multistep
+    exponential integrator in data ($\hat x_0$) prediction, for any process with a
+    Gaussian kernel, in half-log-SNR $\lambda = \log(\alpha/\sigma)$:
+
+    $$x_b = \frac{\sigma_b}{\sigma_a}x_a - \alpha_b\,(e^{-h} - 1)\,D,\qquad
+      D = \Big(1 + \frac1{2r}\Big)\hat x_0(t_a) - \frac1{2r}\hat x_0(t_\text{prev}),$$
+
+    $h = \lambda_b - \lambda_a$, $r = h_\text{prev}/h$; the first step is DDIM.
+    One model evaluation per step; works on non-uniform grids.
+    [arXiv:2211.01095](https://arxiv.org/abs/2211.01095)
+    """
+
+    def order(self, terms):
+        return 2
+
+    def init(self, terms, t0, t1, y0, args):
+        dtype = jnp.result_type(y0)
+        return (jnp.zeros_like(y0), jnp.zeros((), dtype), jnp.array(False))
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        drift, _ = _split_terms(terms, "sf.DPMSolverPP2M")
+        p = drift.process
+        x0_prev, h_prev, have_prev = solver_state
+        ta, tb = drift.time(t0), drift.time(t1)
+        x0, _ = drift.predictor.hub(ta, y0, args)
+        _, sa, la = _coeffs(p, ta)
+        ab, sb, lb = _coeffs(p, tb)
+        h = lb - la
+        use2 = have_prev & ~jnp.asarray(made_jump)
+        r = h_prev / jnp.where(use2, h, 1.0)
+        r = jnp.where(use2, r, 1.0)
+        d = jnp.where(use2, (1 + 1 / (2 * r)) * x0 - x0_prev / (2 * r), x0)
+        y1 = (sb / sa) * y0 - ab * jnp.expm1(-h) * d
+        state = (x0, h, jnp.array(True))
+        return y1, None, dict(y0=y0, y1=y1), state, RESULTS.successful
+
+
+class EDMHeun(AbstractDiffusionSolver):
+    r"""EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) for any process
+    with a Gaussian kernel, in the scaled variables $\tilde x = x/\alpha$,
+    $\tilde\sigma = \sigma/\alpha$, where the PF-ODE is
+    $d\tilde x/d\tilde\sigma = (\tilde x - D(\tilde x; \tilde\sigma))/\tilde\sigma$
+    with $D$ the denoiser $\hat x_0$:
+
+    1. churn: $\hat\sigma = \tilde\sigma_a(1 + \gamma)$ (when
+       $S_{t\min} \le \tilde\sigma_a \le S_{t\max}$),
+       $\hat x = \tilde x + \sqrt{\hat\sigma^2 - \tilde\sigma_a^2}\,S_\text{noise}\,z$;
+    2. Heun's 2nd-order step from $\hat\sigma$ to $\tilde\sigma_b$.
+
+    $\gamma = 0$ (default, static) is the deterministic 2nd-order Heun sampler (EDM
+    Algorithm 1) and works with `method="ode"`; $\gamma > 0$ needs `method="sde"`.
+    Two model evaluations per step.
+
+    **Arguments:** `gamma` ($= \min(S_\text{churn}/N, \sqrt2 - 1)$ in the paper),
+    `s_tmin`, `s_tmax` (in units of $\tilde\sigma$), `s_noise`.
+    [arXiv:2206.00364](https://arxiv.org/abs/2206.00364)
+    """
+
+    gamma: Any = 0
+    s_tmin: Any = 0.0
+    s_tmax: Any = float("inf")
+    s_noise: Any = 1.0
+
+    def __init__(self, gamma=0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+        if isinstance(gamma, (int, float)) and not 0 <= gamma <= 2**0.5 - 1 + 1e-12:
+            raise ValueError(
+                f"`sf.EDMHeun(gamma=...)` must lie in [0, sqrt(2) - 1], got gamma={gamma!r}."
+            )
+        f = jnp.result_type(float)
+        self.gamma = 0 if _is_static_zero(gamma) else jnp.asarray(gamma, f)
+        self.s_tmin = jnp.asarray(s_tmin, f)
+        self.s_tmax = jnp.asarray(s_tmax, f)
+        self.s_noise = jnp.asarray(s_noise, f)
+
+    def order(self, terms):
+        return 2
+
+    def strong_order(self, terms):
+        return None if _is_static_zero(self.gamma) else 0.5
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        drift, noise = _split_terms(terms, "sf.EDMHeun")
+        p, pred = drift.process, drift.predictor
+        ta, tb = drift.time(t0), drift.time(t1)
+        aa, ab = p.alpha(ta), p.alpha(tb)
+        sa = jnp.exp(-p.log_snr(ta) / 2)  # sigma~ = sigma / alpha
+        sb = jnp.exp(-p.log_snr(tb) / 2)
+        xt = y0 / aa
+        if _is_static_zero(self.gamma):
+            s_hat, t_hat, a_hat = sa, ta, aa
+        else:
+            (z,) = _normals(noise, t0, t1, 1, y0, "sf.EDMHeun(gamma>0)")
+            g = jnp.where((sa >= self.s_tmin) & (sa <= self.s_tmax), self.gamma, 0.0)
+            s_hat = sa * (1 + g)
+            xt = xt + jnp.sqrt(s_hat**2 - sa**2) * self.s_noise * z
+            t_hat = jnp.where(g > 0, _invert_log_snr(p, -2 * jnp.log(s_hat), ta), ta)
+            a_hat = p.alpha(t_hat)
+        d1 = (xt - pred.x0(t_hat, a_hat * xt, args)) / s_hat
+        x_eul = xt + (sb - s_hat) * d1
+        d2 = (x_eul - pred.x0(tb, ab * x_eul, args)) / sb
+        y1 = ab * (xt + (sb - s_hat) * (d1 + d2) / 2)
+        return y1, None, dict(y0=y0, y1=y1), None, RESULTS.successful
+
+
+class PredictorCorrector(AbstractDiffusionSolver):
+    r"""Predictor--corrector sampling (Song et al. 2021, Algorithms 1--2): at each
+    grid time, `corrector_steps` Langevin corrector steps
+
+    $$x \leftarrow x + \epsilon\,\nabla\log p_t(x) + \sqrt{2\epsilon}\,z,\qquad
+      \epsilon = 2r^2\min\Big(\frac{d}{\|\nabla\log p_t(x)\|^2},\ \sigma(t)^2\Big)$$
+
+    (signal-to-noise ratio $r$ = `snr`, $d$ the dimension), then one
+    Euler--Maruyama step of the reverse SDE to the next time. Song et al.'s rule is
+    $2(r\|z\|/\|\nabla\log p_t\|)^2$ with both norms averaged over the batch;
+    averaging over the batch would make a sample depend on its batch, so the noise
+    norm is replaced by its mean $\sqrt d$ and the step is capped at the Gaussian
+    scale $2r^2\sigma(t)^2$ (a sample whose score happens to vanish would otherwise
+    take an unbounded step). Needs `method="sde"` (all noise comes from the Brownian
+    path's increments). `corrector_steps + 1` model evaluations per step.
+    [arXiv:2011.13456](https://arxiv.org/abs/2011.13456)
+    """
+
+    snr: Any = 0.16
+    corrector_steps: int = eqx.field(static=True, default=1)
+
+    def __init__(self, snr: float = 0.16, corrector_steps: int = 1):
+        if isinstance(snr, (int, float)) and snr <= 0:
+            raise ValueError(
+                f"`sf.PredictorCorrector(snr=...)` must be > 0, got {snr!r}."
+            )
+        if not isinstance(corrector_steps, int) or corrector_steps < 0:
+            raise ValueError(
+                "`sf.PredictorCorrector(corrector_steps=...)` must be an int >= 0, got "
+                f"{corrector_steps!r}."
+            )
+        self.snr = jnp.asarray(snr, jnp.result_type(float))
+        self.corrector_steps = corrector_steps
+
+    def strong_order(self, terms):
+        return 0.5
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        drift, noise = _split_terms(terms, "sf.PredictorCorrector")
+        p, pred = drift.process, drift.predictor
+        zs = _normals(
+            noise, t0, t1, self.corrector_steps + 1, y0, "sf.PredictorCorrector"
+        )
+        ta = drift.time(t0)
+        x = y0
+        d = y0.size
+        cap = p.sigma(ta) ** 2
+        for z in zs[:-1]:
+            score = pred.score(ta, x, args)
+            e = 2 * self.snr**2 * jnp.minimum(d / jnp.sum(score**2), cap)
+            x = x + e * score + jnp.sqrt(2 * e) * z
+        ds = t1 - t0
+        score = pred.score(ta, x, args)
+        y1 = (
+            x
+            - ds * (p.drift(ta, x) - p.g2(ta) * score)
+            + p.diffusion(ta) * jnp.sqrt(ds) * zs[-1]
+        )
+        return y1, None, dict(y0=y0, y1=y1), None, RESULTS.successful
