@@ -17,7 +17,6 @@ from jaxtyping import Array, ArrayLike, Float
 from ._custom_types import ScalarLike
 from ._process import AbstractProcess
 
-
 PREDICTIONS = ("score", "eps", "x0", "velocity", "v")
 
 PredictionType = Literal["score", "eps", "x0", "velocity", "v"]
@@ -118,6 +117,10 @@ class Predictor(eqx.Module):
     - `prediction`: one of `"score"`, `"eps"`, `"x0"`, `"velocity"`, `"v"`.
     - `null_cond`: the label that means "unconditional" for a network trained with
       label dropout (used by [`scoreflow.cfg`][] when `cond=None`).
+    - `precondition`: `None`, or `"edm"` to wrap `model` in
+      [`scoreflow.EDMPreconditioner`][] (Karras et al. 2022, generalised through
+      $\sigma/\alpha$ and $x/\alpha$); `prediction` must then be `"x0"`.
+    - `sigma_data`: for `precondition="edm"` (default `process.sigma_data` or 1).
 
     **Raises:** `ValueError` for an unknown prediction type.
 
@@ -132,10 +135,33 @@ class Predictor(eqx.Module):
     prediction: str = eqx.field(static=True)
     null_cond: Any = None
 
-    def __init__(self, model, process, prediction: PredictionType = "eps", null_cond=None):
+    def __init__(
+        self,
+        model,
+        process,
+        prediction: PredictionType = "eps",
+        null_cond=None,
+        *,
+        precondition: str | None = None,
+        sigma_data: float | None = None,
+    ):
+        self.prediction = check_prediction(prediction, "sf.Predictor")
+        if precondition == "edm":
+            from ._precond import EDMPreconditioner
+
+            if prediction != "x0":
+                raise ValueError(
+                    "`sf.Predictor(precondition='edm')`: the preconditioned network "
+                    f"is a denoiser, so prediction must be 'x0', got {prediction!r}."
+                )
+            model = EDMPreconditioner(model, process, sigma_data)
+        elif precondition is not None:
+            raise ValueError(
+                "`sf.Predictor`: precondition must be None or 'edm', got "
+                f"{precondition!r}."
+            )
         self.model = model
         self.process = process
-        self.prediction = check_prediction(prediction, "sf.Predictor")
         self.null_cond = null_cond
 
     def raw(self, t, x, cond=None):
@@ -174,7 +200,8 @@ class Predictor(eqx.Module):
         return self._as("x0", t, x, cond)
 
     def velocity(self, t, x, cond=None):
-        r"""Flow-matching velocity $E[\dot\alpha x_0 + \dot\sigma\varepsilon \mid x_t = x]$."""
+        r"""Flow-matching velocity
+        $E[\dot\alpha x_0 + \dot\sigma\varepsilon \mid x_t = x]$."""
         return self._as("velocity", t, x, cond)
 
     def v(self, t, x, cond=None):

@@ -1,0 +1,141 @@
+"""Denoising score matching in any prediction space."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from .._precond import EDMPreconditioner
+from .._predictor import PredictionType, check_prediction, from_hub
+from .._process import AbstractProcess
+from ._common import AbstractLoss, call_model, check_dropout, require_kernel
+from ._time_sampler import AbstractTimeSampler, as_time_sampler
+from ._weighting import AbstractWeighting, as_weighting, prediction_factor
+
+
+def _coefs(process, t, dtype, *names):
+    return tuple(jnp.asarray(getattr(process, n)(t)).astype(dtype) for n in names)
+
+
+class DSMLoss(AbstractLoss):
+    r"""Denoising score matching (see [`scoreflow.dsm_loss`][])."""
+
+    process: AbstractProcess
+    prediction: str = eqx.field(static=True)
+    weighting: AbstractWeighting
+    time_sampler: AbstractTimeSampler
+    precondition: str | None = eqx.field(static=True)
+    sigma_data: float | None = eqx.field(static=True)
+    cond_dropout: float = eqx.field(static=True)
+    null_cond: object
+    check_scale: bool = eqx.field(static=True)
+
+    def wrap(self, model):
+        """The model as the loss sees it (EDM-preconditioned if asked)."""
+        if self.precondition == "edm":
+            return EDMPreconditioner(model, self.process, self.sigma_data)
+        return model
+
+    def per_example(self, model, x0, key, cond=None):
+        x0 = jnp.asarray(x0)
+        if not jnp.issubdtype(x0.dtype, jnp.floating):
+            x0 = x0.astype(jnp.result_type(float))
+        dtype, n = x0.dtype, x0.shape[0]
+        k_t, k_eps, k_drop, _ = self._keys(key)
+        t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)
+        eps = jr.normal(k_eps, x0.shape, dtype)
+        cond = self._labels(k_drop, cond)
+        net = self.wrap(model)
+        process, pred = self.process, self.prediction
+
+        def one(x0, eps, t, wt, c):
+            a, s = _coefs(process, t, dtype, "alpha", "sigma")
+            xt = a * x0 + s * eps
+            out = call_model(net, t, xt, c)
+            target = from_hub(process, pred, t, xt, x0, eps).astype(dtype)
+            factor = self.weighting(process, t) / prediction_factor(process, pred, t)
+            return wt * factor.astype(dtype) * jnp.mean((out - target) ** 2)
+
+        return jax.vmap(one)(x0, eps, t, wt, cond)
+
+
+def dsm_loss(
+    process: AbstractProcess,
+    *,
+    prediction: PredictionType = "eps",
+    weighting="sigma2",
+    time_sampler="uniform",
+    precondition: str | None = None,
+    sigma_data: float | None = None,
+    cond_dropout: float = 0.0,
+    null_cond=None,
+    check_scale: bool = True,
+) -> DSMLoss:
+    r"""Denoising score matching (Vincent 2011; Song et al. 2021) in any prediction
+    space, with a weighting stated once on the $\varepsilon$-MSE.
+
+    $$L = \mathbb{E}_{t \sim p(t),\, x_0,\, \varepsilon}\Big[\frac{w(t)}{k_P(t)}\,
+    \tfrac{1}{D}\big\|P_\theta(t, x_t) - P(x_0, \varepsilon)\big\|^2\Big],\qquad
+    x_t = \alpha(t) x_0 + \sigma(t)\varepsilon,$$
+
+    where $P$ is the prediction type, $P(x_0, \varepsilon)$ its conditional target,
+    $k_P$ the factor with $\|\hat P - P\|^2 = k_P\|\hat\varepsilon - \varepsilon\|^2$
+    (table in `scoreflow._loss._weighting`) and $w$ the weight on the
+    $\varepsilon$-MSE. So the loss value depends on the model only through the
+    $\varepsilon$ it implies: the same network expressed in two prediction spaces
+    gives the same loss.
+
+    **Arguments:**
+
+    - `process`: a process with a Gaussian kernel.
+    - `prediction`: what the model outputs: `"eps"`, `"score"`, `"x0"`, `"v"`,
+      `"velocity"`.
+    - `weighting`: `"sigma2"` ($w = 1$; Song et al.'s $\sigma^2$ on the score-MSE),
+      `"snr"` (SNR on the $x_0$-MSE, also $w = 1$), `"min_snr"` (`sf.MinSNR(5)`),
+      `"edm"` (`sf.EDMWeighting`), `"likelihood"` ($g^2$ on the score-MSE,
+      $w = g^2/\sigma^2$), any `sf.AbstractWeighting`, or a callable $w(\lambda)$.
+    - `time_sampler`: `"uniform"`, `"logit_normal"`, `"log_normal"` (EDM's
+      $\ln\sigma$ density), `"likelihood"` (importance sampling), or an
+      `sf.AbstractTimeSampler`.
+    - `precondition`: `None` or `"edm"`: the model is wrapped in
+      `sf.EDMPreconditioner` and `prediction` must be `"x0"`.
+    - `sigma_data`: for EDM preconditioning (default `process.sigma_data` or 1).
+    - `cond_dropout`, `null_cond`: classifier-free-guidance training: each label is
+      replaced by `null_cond` with probability `cond_dropout`.
+    - `check_scale`: warn (`sf.DataScaleWarning`) when eagerly called data is far
+      from the scale the process assumes.
+
+    **Returns:** a `DSMLoss`, called as `loss(model, x0, key)` or
+    `loss(model, x0, key, cond=labels)` with `x0` of shape `(n, *shape)` and labels
+    with leading axis `n`; a scalar. `loss.per_example(...)` gives shape `(n,)`.
+
+    ```python
+    loss = sf.dsm_loss(sf.VP(), prediction="eps", weighting=sf.MinSNR(5))
+    value, grads = eqx.filter_value_and_grad(loss)(model, x0, key)
+    ```
+    """
+    call = "sf.dsm_loss"
+    prediction = check_prediction(prediction, call)
+    if precondition not in (None, "edm"):
+        raise ValueError(
+            f"`{call}`: precondition must be None or 'edm', got {precondition!r}."
+        )
+    if precondition == "edm" and prediction != "x0":
+        raise ValueError(
+            f"`{call}(precondition='edm')`: the preconditioned network is a denoiser, "
+            f"so prediction must be 'x0', got {prediction!r}."
+        )
+    require_kernel(process, call)
+    return DSMLoss(
+        process=process,
+        prediction=prediction,
+        weighting=as_weighting(weighting, call),
+        time_sampler=as_time_sampler(time_sampler, call),
+        precondition=precondition,
+        sigma_data=sigma_data,
+        cond_dropout=check_dropout(cond_dropout, call),
+        null_cond=null_cond,
+        check_scale=check_scale,
+    )
