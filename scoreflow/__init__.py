@@ -32,6 +32,39 @@ from ._predictor import (
 )
 
 # --- predictions, losses, nets, training (issue 3) ---
+from . import nets as nets, train as train
+from ._loss import (
+    AbstractLogSNRWeighting as AbstractLogSNRWeighting,
+    AbstractLoss as AbstractLoss,
+    AbstractTimeSampler as AbstractTimeSampler,
+    AbstractWeighting as AbstractWeighting,
+    CFMLoss as CFMLoss,
+    cfm_loss as cfm_loss,
+    check_data_scale as check_data_scale,
+    ConstantWeighting as ConstantWeighting,
+    DataScaleWarning as DataScaleWarning,
+    DSMLoss as DSMLoss,
+    dsm_loss as dsm_loss,
+    EDMWeighting as EDMWeighting,
+    LikelihoodImportance as LikelihoodImportance,
+    LikelihoodWeighting as LikelihoodWeighting,
+    LogitNormal as LogitNormal,
+    LogNormalSigma as LogNormalSigma,
+    LogSNRWeighting as LogSNRWeighting,
+    MinSNR as MinSNR,
+    ot_coupling as ot_coupling,
+    prediction_factor as prediction_factor,
+    simulate_forward as simulate_forward,
+    SSMLoss as SSMLoss,
+    ssm_loss as ssm_loss,
+    Standardization as Standardization,
+    standardize as standardize,
+    UniformTime as UniformTime,
+)
+from ._precond import (
+    edm_coefficients as edm_coefficients,
+    EDMPreconditioner as EDMPreconditioner,
+)
 
 # --- dynamics, samplers, guidance (issue 4) ---
 
