@@ -8,6 +8,8 @@ denoiser and probability-flow velocity are known in closed form.
 The 2-D samplers ([`scoreflow.toy.ring`][], [`scoreflow.toy.two_moons`][],
 [`scoreflow.toy.checkerboard`][]) are the usual toy data sets of the diffusion
 literature; [`scoreflow.toy.ring_mixture`][] gives the exact mixture behind `ring`.
+Samplers are compiled with `equinox.filter_jit` (the sample count `n` and other
+Python numbers are static).
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ class GaussianMixture(eqx.Module):
         total = float(w.sum())
         if abs(total - 1) > _WEIGHT_TOL:
             raise ValueError(
-                f"{call}: weights must sum to 1, got sum {total!r}; normalise them "
+                f"{call}: weights must sum to 1, got sum {total:.8g}; normalise them "
                 "(weights / weights.sum())."
             )
         scale = max(1.0, float(np.abs(c).max()))
@@ -203,6 +205,7 @@ class GaussianMixture(eqx.Module):
         )
         return second - jnp.outer(mu, mu)
 
+    @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
         r"""Draw `n` independent samples: a component $k \sim w$, then
         $m_k + L_k z$ with $L_k L_k^\top = C_k$ and $z \sim N(0, I)$.
@@ -320,7 +323,8 @@ class GaussianMixture(eqx.Module):
         return tuple(jnp.asarray(f(t)).astype(dtype) for f in fns)
 
     def _posterior(self, process, t, x, want_x0: bool):
-        """Responsibilities-weighted score and (optionally) denoiser at (t, x)."""
+        """sigma(t), the score and (optionally) the denoiser at (t, x), from the
+        responsibilities of the marginal components."""
         x = self._check_x(x)
         alpha, sigma = self._coefficients(process, t)
         eye = jnp.eye(self.dim, dtype=x.dtype)
@@ -329,9 +333,9 @@ class GaussianMixture(eqx.Module):
         r = jax.nn.softmax(jnp.log(self.weights) + log_density)
         score = -r @ precision_diff
         if not want_x0:
-            return score, None
+            return sigma, score, None
         x0_k = self.means + alpha * jnp.einsum("kij,kj->ki", self.covs, precision_diff)
-        return score, r @ x0_k
+        return sigma, score, r @ x0_k
 
 
 class _MixtureField(eqx.Module):
@@ -341,21 +345,23 @@ class _MixtureField(eqx.Module):
     process: AbstractProcess
     kind: str = eqx.field(static=True)
 
+    def __repr__(self):
+        return f"{self.mixture!r}.{self.kind}({self.process!r})"
+
     def __call__(self, t: ScalarLike, x: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
         gm, p = self.mixture, self.process
+        want_x0 = self.kind in ("x0", "velocity")
+        sigma, score, x0 = gm._posterior(p, t, x, want_x0)
         if self.kind == "score":
-            return gm._posterior(p, t, x, want_x0=False)[0]
-        if self.kind == "eps":
-            score, _ = gm._posterior(p, t, x, want_x0=False)
-            (sigma,) = gm._coefficients(p, t)[1:]
-            return -sigma * score
-        score, x0 = gm._posterior(p, t, x, want_x0=True)
+            return score
         if self.kind == "x0":
             return x0
-        # velocity: eps from the score (not (x - alpha x0) / sigma, which is 0/0 as
-        # sigma -> 0).
-        _, sigma, alpha_dot, sigma_dot = gm._coefficients(p, t, True)
-        return alpha_dot * x0 + sigma_dot * (-sigma * score)
+        # eps from the score, not (x - alpha x0) / sigma, which is 0/0 as sigma -> 0
+        eps = -sigma * score
+        if self.kind == "eps":
+            return eps
+        _, _, alpha_dot, sigma_dot = gm._coefficients(p, t, True)
+        return alpha_dot * x0 + sigma_dot * eps
 
 
 # --------------------------------------------------------------------------- #
@@ -363,6 +369,7 @@ class _MixtureField(eqx.Module):
 # --------------------------------------------------------------------------- #
 
 
+@eqx.filter_jit
 def ring_mixture(
     num_modes: int = 8, radius: ScalarLike = 4.0, std: ScalarLike = 0.2
 ) -> GaussianMixture:
@@ -380,15 +387,16 @@ def ring_mixture(
     """
     _check_int("sf.toy.ring_mixture", "num_modes", num_modes, 1)
     angles = 2 * jnp.pi * jnp.arange(num_modes) / num_modes
-    radius, std = _as_float(radius), _as_float(std)
     if _is_concrete(std) and not float(std) > 0:
         raise ValueError(f"`sf.toy.ring_mixture(std=...)` must be > 0, got std={std}.")
+    radius, std = _as_float(radius), _as_float(std)
     means = radius * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
     covs = jnp.broadcast_to(std**2 * jnp.eye(2), (num_modes, 2, 2))
     weights = jnp.full((num_modes,), 1 / num_modes, means.dtype)
     return GaussianMixture(weights, means, covs)
 
 
+@eqx.filter_jit
 def ring(
     key: PRNGKeyArray,
     n: int,
@@ -412,6 +420,7 @@ def ring(
     return ring_mixture(num_modes, radius, std).sample(key, n)
 
 
+@eqx.filter_jit
 def two_moons(
     key: PRNGKeyArray, n: int, *, noise: ScalarLike = 0.05
 ) -> Float[Array, "n 2"]:
@@ -439,6 +448,7 @@ def two_moons(
     return jnp.stack([x, y], axis=-1) + noise * jr.normal(nkey, (n, 2), dtype)
 
 
+@eqx.filter_jit
 def checkerboard(
     key: PRNGKeyArray, n: int, *, num_squares: int = 4, scale: ScalarLike = 4.0
 ) -> Float[Array, "n 2"]:

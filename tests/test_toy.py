@@ -6,6 +6,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,11 +47,6 @@ def gm():
 
 def _times(p):
     return (p.t0, 0.1, 0.5, 0.9, p.t1)
-
-
-def _points(gm, p, t, key, n=5):
-    """Points where the marginal at t has mass (so responsibilities are non-trivial)."""
-    return gm.marginal(p, t).sample(key, n)
 
 
 # --------------------------------------------------------------------------- #
@@ -132,20 +128,22 @@ def test_log_prob_rejects_batched_x(gm):
 # --------------------------------------------------------------------------- #
 
 
+@eqx.filter_jit
+def _log_probs(g, x):
+    return jax.vmap(g.log_prob)(x)
+
+
 def test_log_prob_matches_scipy(gm):
     w, m, c = _mixture_arrays()
     x = np.random.default_rng(1).normal(scale=3.0, size=(20, 2))
     ref = logsumexp(
-        np.stack(
-            [
-                np.log(w[k]) + scipy.stats.multivariate_normal(m[k], c[k]).logpdf(x)
-                for k in range(3)
-            ]
-        ),
+        [
+            np.log(w[k]) + scipy.stats.multivariate_normal(m[k], c[k]).logpdf(x)
+            for k in range(3)
+        ],
         axis=0,
     )
-    got = jax.vmap(gm.log_prob)(jnp.asarray(x))
-    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_log_probs(gm, x), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_log_prob_integrates_to_one_in_1d():
@@ -153,7 +151,7 @@ def test_log_prob_integrates_to_one_in_1d():
         [0.2, 0.5, 0.3], [[-3.0], [0.0], [2.5]], [[[0.3]], [[1.0]], [[0.05]]]
     )
     grid = np.linspace(-15.0, 15.0, 60001)
-    dens = np.exp(np.asarray(jax.vmap(g.log_prob)(jnp.asarray(grid[:, None]))))
+    dens = np.exp(np.asarray(_log_probs(g, grid[:, None])))
     np.testing.assert_allclose(np.trapezoid(dens, grid), 1.0, atol=1e-8)
 
 
@@ -171,14 +169,25 @@ def _check_moments(samples, mean, cov, num_se=4.0):
     assert np.all(np.abs(prods.mean(0) - cov) < num_se * se_cov), (prods.mean(0), cov)
 
 
+NUM_SAMPLES = 40_000
+
+
+def _numpy_draws(rng, n):
+    """n draws of x0 from the test mixture and of eps ~ N(0, I), with numpy."""
+    w, m, c = _mixture_arrays()
+    k = rng.choice(len(w), size=n, p=w)
+    z = rng.normal(size=(n, 2))
+    x0 = m[k] + np.einsum("nij,nj->ni", np.linalg.cholesky(c)[k], z)
+    return x0, rng.normal(size=x0.shape)
+
+
 def test_sample_moments_match_mixture(gm):
     w, m, c = _mixture_arrays()
     mean = w @ m
-    cov = sum(w[k] * (c[k] + np.outer(m[k], m[k])) for k in range(3)) - np.outer(
-        mean, mean
-    )
-    x = gm.sample(jr.key(0), 40_000)
-    assert x.shape == (40_000, 2) and x.dtype == jnp.float64
+    second = sum(w[k] * (c[k] + np.outer(m[k], m[k])) for k in range(3))
+    cov = second - np.outer(mean, mean)
+    x = gm.sample(jr.key(0), NUM_SAMPLES)
+    assert x.shape == (NUM_SAMPLES, 2) and x.dtype == jnp.float64
     _check_moments(x, mean, cov)
     np.testing.assert_allclose(gm.mean(), mean, rtol=1e-12)
     np.testing.assert_allclose(gm.cov(), cov, rtol=1e-12)
@@ -186,14 +195,15 @@ def test_sample_moments_match_mixture(gm):
 
 def test_sample_zero_weight_component_never_drawn():
     g = toy.GaussianMixture([1.0, 0.0], [[0.0], [100.0]], [[[1.0]], [[1.0]]])
-    assert float(jnp.max(g.sample(jr.key(1), 5000))) < 10.0
+    assert np.max(np.asarray(g.sample(jr.key(1), 5000))) < 10.0
 
 
 def test_marginal_matches_pushed_forward_samples(gm, processes):
-    p, t, n = processes["VP"], 0.3, 40_000
-    k1, k2 = jr.split(jr.key(2))
-    x0 = gm.sample(k1, n)
-    xt, _ = jax.vmap(p.sample_marginal)(jr.split(k2, n), x0, jnp.full((n,), t))
+    """Moments of alpha x0 + sigma eps (numpy draws of x0 from the mixture and of
+    eps) match those of `marginal(p, t)`."""
+    p, t = processes["VP"], 0.3
+    x0, eps = _numpy_draws(np.random.default_rng(2), NUM_SAMPLES)
+    xt = float(p.alpha(t)) * x0 + float(p.sigma(t)) * eps
     marg = gm.marginal(p, t)
     assert isinstance(marg, toy.GaussianMixture)
     _check_moments(xt, marg.mean(), marg.cov())
@@ -204,22 +214,61 @@ def test_marginal_matches_pushed_forward_samples(gm, processes):
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("name", PROCESS_NAMES)
-def test_score_equals_autodiff_of_marginal_log_prob(gm, processes, name):
-    p = processes[name]
-    score = jax.jit(jax.vmap(gm.score(p), in_axes=(None, 0)))
-    for i, t in enumerate(_times(p)):
-        x = _points(gm, p, t, jr.key(10 + i))
-        ref = jax.vmap(jax.grad(gm.marginal(p, t).log_prob))(x)
-        got = score(t, x)
-        assert got.shape == x.shape
-        np.testing.assert_allclose(
-            got,
-            ref,
-            rtol=1e-6,
-            atol=1e-9 * float(jnp.max(jnp.abs(ref))),
-            err_msg=f"t={t}",
+NUM_POINTS = 4
+
+
+def _draws(p, seed):
+    """Times (NUM_POINTS per time) and numpy draws (x0, eps) from the mixture and the
+    noise, so x_t = alpha x0 + sigma eps is a point where the marginal has mass."""
+    ts = np.repeat(_times(p), NUM_POINTS)
+    return (ts, *_numpy_draws(np.random.default_rng(seed), len(ts)))
+
+
+@eqx.filter_jit
+def _evaluate(gm, p, ts, x0, eps):
+    """Everything the prediction tests check, for all (t, x) pairs in one compiled
+    call."""
+
+    def log_p(t, x):
+        return gm.marginal(p, t).log_prob(x)
+
+    v = gm.velocity(p)
+
+    def one(t, x0, e):
+        x = p.alpha(t) * x0 + p.sigma(t) * e
+        return dict(
+            x=x,
+            alpha=p.alpha(t),
+            sigma=p.sigma(t),
+            score=gm.score(p)(t, x),
+            grad_log_p=jax.grad(log_p, argnums=1)(t, x),
+            eps=gm.eps(p)(t, x),
+            x0=gm.x0(p)(t, x),
+            velocity=v(t, x),
+            dlogp_dt=jax.grad(log_p, argnums=0)(t, x),
+            div_v=jnp.trace(jax.jacfwd(v, argnums=1)(t, x)),
         )
+
+    return jax.vmap(one)(ts, x0, eps)
+
+
+@pytest.fixture(scope="module")
+def evaluated(gm, processes):
+    out = {}
+    for i, name in enumerate(PROCESS_NAMES):
+        ts, x0, eps = _draws(processes[name], seed=10 + i)
+        res = _evaluate(gm, processes[name], ts, x0, eps)
+        out[name] = dict(jax.tree.map(np.asarray, res), t=ts)
+    return out
+
+
+@pytest.mark.parametrize("name", PROCESS_NAMES)
+def test_score_equals_autodiff_of_marginal_log_prob(evaluated, name):
+    e = evaluated[name]
+    assert e["score"].shape == e["x"].shape
+    err = np.linalg.norm(e["score"] - e["grad_log_p"], axis=1)
+    bound = 1e-6 * np.linalg.norm(e["grad_log_p"], axis=1)
+    assert np.all(err <= bound), np.c_[e["t"], err, bound]
 
 
 def _numpy_x0(w, m, c, alpha, sigma, x):
@@ -234,7 +283,7 @@ def _numpy_x0(w, m, c, alpha, sigma, x):
         ]
     )
     r = np.exp(logr - logsumexp(logr))
-    # per component: Cov(x0, x_t) Var(x_t)^{-1}
+    # per component: E[x0] + Cov(x0, x_t) Var(x_t)^{-1} (x - E[x_t])
     post = [
         m[k] + alpha * c[k] @ np.linalg.solve(covs_t[k], x - alpha * m[k])
         for k in range(len(w))
@@ -243,45 +292,33 @@ def _numpy_x0(w, m, c, alpha, sigma, x):
 
 
 @pytest.mark.parametrize("name", PROCESS_NAMES)
-def test_eps_x0_consistent_with_kernel(gm, processes, name):
+def test_eps_x0_consistent_with_kernel(evaluated, name):
     """x = alpha x0hat + sigma epshat (x0 is computed in the posterior form, eps from
     the score, so this is Tweedie's formula) and x0 agrees with a numpy oracle."""
-    p = processes[name]
+    e = evaluated[name]
+    a, s, x = e["alpha"][:, None], e["sigma"][:, None], e["x"]
+    np.testing.assert_allclose(a * e["x0"] + s * e["eps"], x, rtol=1e-9, atol=1e-9)
     w, m, c = _mixture_arrays()
-    eps, x0 = gm.eps(p), gm.x0(p)
-    for i, t in enumerate(_times(p)):
-        a, s = float(p.alpha(t)), float(p.sigma(t))
-        x = _points(gm, p, t, jr.key(20 + i))
-        e_hat, x0_hat = (
-            jax.vmap(eps, in_axes=(None, 0))(t, x),
-            jax.vmap(x0, in_axes=(None, 0))(t, x),
-        )
-        np.testing.assert_allclose(a * x0_hat + s * e_hat, x, rtol=1e-9, atol=1e-9)
-        ref = np.array([_numpy_x0(w, m, c, a, s, np.asarray(xi)) for xi in x])
-        np.testing.assert_allclose(x0_hat, ref, rtol=1e-8, atol=1e-10)
+    ref = [_numpy_x0(w, m, c, *row) for row in zip(e["alpha"], e["sigma"], x)]
+    np.testing.assert_allclose(e["x0"], np.array(ref), rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", PROCESS_NAMES)
-def test_velocity_satisfies_continuity_equation(gm, processes, name):
+def test_velocity_satisfies_continuity_equation(evaluated, name):
     r"""$\partial_t \log p_t + \nabla\cdot v + v\cdot\nabla\log p_t = 0$, with
-    $\partial_t$ and the divergence by autodiff of the marginal density."""
-    p = processes[name]
-    v = gm.velocity(p)
+    $\partial_t \log p_t$ and the divergence by autodiff of the marginal density."""
+    e = evaluated[name]
+    transport = np.sum(e["velocity"] * e["grad_log_p"], axis=-1)
+    terms = (e["dlogp_dt"], e["div_v"], transport)
+    scale = 1 + sum(np.abs(term) for term in terms)
+    np.testing.assert_array_less(np.abs(sum(terms)), 1e-8 * scale)
 
-    def log_p(t, x):
-        return gm.marginal(p, t).log_prob(x)
 
-    def residual(t, x):
-        dlogp_dt = jax.jacfwd(log_p, argnums=0)(t, x)
-        div = jnp.trace(jax.jacfwd(v, argnums=1)(t, x))
-        return dlogp_dt + div + v(t, x) @ jax.grad(log_p, argnums=1)(t, x)
-
-    for i, t in enumerate((0.1, 0.5, 0.9)):
-        x = _points(gm, p, t, jr.key(30 + i), n=3)
-        t = jnp.asarray(t)
-        res = jax.vmap(residual, in_axes=(None, 0))(t, x)
-        scale = jax.vmap(lambda xi: jnp.abs(jax.jacfwd(log_p)(t, xi)))(x)
-        np.testing.assert_allclose(res, 0.0, atol=1e-8 * (1 + float(jnp.max(scale))))
+@eqx.filter_jit
+def _apply(fields, p, t, x):
+    """Each field at (t, x_i) for every row of x, and the process coefficients at t."""
+    outs = tuple(jax.vmap(f, in_axes=(None, 0))(t, x) for f in fields)
+    return outs, (p.alpha(t), p.sigma(t), p.alpha_dot(t), p.sigma_dot(t))
 
 
 def test_velocity_single_gaussian_closed_form(processes):
@@ -290,14 +327,12 @@ def test_velocity_single_gaussian_closed_form(processes):
     p = processes["VP"]
     m, c = 0.7, 0.4
     g = toy.GaussianMixture([1.0], [[m]], [[[c]]])
-    for t in (0.05, 0.4, 0.8):
-        a, s = float(p.alpha(t)), float(p.sigma(t))
-        da, ds = float(p.alpha_dot(t)), float(p.sigma_dot(t))
+    x = np.array([[-0.4], [1.3]])
+    for t in (0.05, 0.8):
+        (v,), (a, s, da, ds) = _apply((g.velocity(p),), p, jnp.asarray(t), x)
         std = np.sqrt(a**2 * c + s**2)
         dstd = (a * da * c + s * ds) / std
-        x = 1.3
-        ref = da * m + dstd / std * (x - a * m)
-        np.testing.assert_allclose(g.velocity(p)(t, jnp.array([x]))[0], ref, rtol=1e-10)
+        np.testing.assert_allclose(v, da * m + dstd / std * (x - a * m), rtol=1e-10)
 
 
 def test_x0_finite_and_correct_as_alpha_vanishes(gm, processes):
@@ -305,40 +340,34 @@ def test_x0_finite_and_correct_as_alpha_vanishes(gm, processes):
     component, so E[x0 | x_t] = sum_k w_k m_k; near t1 compare with the numpy oracle."""
     p = processes["RectifiedFlow"]
     w, m, c = _mixture_arrays()
-    x = jr.normal(jr.key(40), (6, 2))
-    x0 = jax.vmap(gm.x0(p), in_axes=(None, 0))
-    np.testing.assert_allclose(x0(1.0, x), np.broadcast_to(w @ m, (6, 2)), rtol=1e-12)
-    for t in (p.t1, 1 - 1e-6):
-        a, s = float(p.alpha(t)), float(p.sigma(t))
-        ref = np.array([_numpy_x0(w, m, c, a, s, np.asarray(xi)) for xi in x])
-        np.testing.assert_allclose(x0(t, x), ref, rtol=1e-9)
-    # float32 too: finite everywhere up to alpha = 0, and close to the float64 answer
+    x = np.random.default_rng(40).normal(size=(6, 2))
     g32 = toy.GaussianMixture(*(np.asarray(v, np.float32) for v in (w, m, c)))
-    for t in (p.t1, 1.0):
-        out = jax.vmap(g32.x0(p), in_axes=(None, 0))(
-            jnp.float32(t), x.astype(jnp.float32)
-        )
-        assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
-        np.testing.assert_allclose(out, x0(t, x), rtol=1e-4, atol=1e-5)
-    for f in (g32.score(p), g32.eps(p), g32.velocity(p)):
-        assert bool(
-            jnp.all(jnp.isfinite(f(jnp.float32(p.t1), x[0].astype(jnp.float32))))
-        )
+    fields32 = (g32.x0(p), g32.score(p), g32.eps(p), g32.velocity(p))
+    for t in (p.t1, 1 - 1e-6, 1.0):
+        (x0,), (a, s, _, _) = _apply((gm.x0(p),), p, jnp.asarray(t), x)
+        if t == 1.0:
+            np.testing.assert_allclose(x0, np.broadcast_to(w @ m, x.shape), rtol=1e-12)
+        else:
+            ref = [_numpy_x0(w, m, c, a, s, xi) for xi in x]
+            np.testing.assert_allclose(x0, np.array(ref), rtol=1e-9)
+        # float32: finite up to alpha = 0, and close to the float64 answer
+        outs, _ = _apply(fields32, p, jnp.float32(t), x.astype(np.float32))
+        assert outs[0].dtype == jnp.float32
+        assert all(np.all(np.isfinite(o)) for o in outs)
+        np.testing.assert_allclose(outs[0], x0, rtol=1e-4, atol=1e-5)
 
 
-def test_fields_vmap_over_time_and_jit_as_pytrees(gm, processes):
-    p = processes["VE"]
-    ts = jnp.linspace(p.t0, p.t1, 4)
-    x = jr.normal(jr.key(50), (4, 2))
+@eqx.filter_jit
+def _apply_batched(fields, t, x):
+    return tuple(jax.vmap(f)(t, x) for f in fields)
 
-    @jax.jit
-    def f(field, t, x):
-        return jax.vmap(field)(t, x)
 
-    for make in (gm.score, gm.eps, gm.x0, gm.velocity):
-        out = f(make(p), ts, x)
-        ref = jnp.stack([make(p)(ts[i], x[i]) for i in range(4)])
-        np.testing.assert_allclose(out, ref, rtol=1e-12)
+def test_fields_are_pytrees_through_jit_and_vmap_over_time(gm, processes, evaluated):
+    p, e = processes["VE"], evaluated["VE"]
+    kinds = ("score", "eps", "x0", "velocity")
+    outs = _apply_batched(tuple(getattr(gm, k)(p) for k in kinds), e["t"], e["x"])
+    for kind, out in zip(kinds, outs):
+        np.testing.assert_allclose(out, e[kind], rtol=1e-12, err_msg=kind)
 
 
 # --------------------------------------------------------------------------- #
@@ -387,8 +416,6 @@ def test_two_moons_geometry_and_moments():
     exy = 0.5 * 0.0 + 0.5 * (0.5 - 2 / np.pi)  # E[cos sin] = 0, E[(1-cos)(1/2-sin)]
     cov = np.array([[ex2, exy], [exy, ey2]]) - np.outer(mean, mean)
     _check_moments(x, mean, cov)
-    noisy = toy.two_moons(jr.key(71), 100, noise=0.1)
-    assert noisy.shape == (100, 2)
 
 
 def test_checkerboard_support_and_moments():
