@@ -298,16 +298,6 @@ def log_likelihood(
         num_probes_used = num_probes
         jvps = num_probes
 
-    def vector_field(t, y, args):
-        xt, _ = y
-        v, div = divergence(
-            lambda z: jnp.asarray(velocity(t, z)).astype(dtype),
-            xt,
-            trace=trace,
-            probes=probes,
-        )
-        return v, div.astype(dtype)
-
     if stepsize_controller is None:
         stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)
         tols = (rtol, atol)
@@ -318,12 +308,13 @@ def log_likelihood(
         )
     zero = jnp.zeros((), dtype)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
+        diffrax.ODETerm(_AugmentedField(velocity, trace)),
         solver,
         t0=jnp.asarray(t0, dtype),
         t1=jnp.asarray(t1, dtype),
         dt0=dt0,
         y0=(x, zero),
+        args=probes,
         stepsize_controller=stepsize_controller,
         adjoint=adjoint,
         max_steps=max_steps,
@@ -357,6 +348,27 @@ def log_likelihood(
         probe=probe,
     )
     return value, info
+
+
+class _AugmentedField(eqx.Module):
+    r"""The augmented vector field $(x, \ell) \mapsto (v(t, x), \nabla\cdot v(t, x))$.
+
+    A module (not a closure) so that repeated calls with the same structure hit
+    diffrax's compilation cache; the probes travel as `args`."""
+
+    velocity: Callable
+    trace: str = eqx.field(static=True)
+
+    def __call__(self, t, y, probes):
+        xt, _ = y
+        dtype = xt.dtype
+        v, div = divergence(
+            lambda z: jnp.asarray(self.velocity(t, z)).astype(dtype),
+            xt,
+            trace=self.trace,
+            probes=probes,
+        )
+        return v, div.astype(dtype)
 
 
 def _num_stages(solver) -> int:

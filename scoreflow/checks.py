@@ -354,7 +354,7 @@ def _affine_part(drift):
 
 @functools.lru_cache(maxsize=256)
 def _symbolic_fp(drift, g2, alpha, sigma2, data):
-    """The cached symbolic core: drift f(t, x), g2(t) and kernel alpha(t), sigma2(t)
+    r"""The cached symbolic core: drift f(t, x), g2(t) and kernel alpha(t), sigma2(t)
     -> [(monomial, simplified coefficient, raw coefficient)], log-density,
     conditions.
 
