@@ -268,8 +268,10 @@ def _sample_impl(
                 for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
             }
             steps = stats["num_steps"]
-        init_dt = 2 * calls_vf if (not opts.fixed and opts.dt0 is None and ode) else 0
-        nfe = n_init + first + init_dt + per_step * steps
+        # diffrax's initial step-size selection (dt0=None) evaluates nothing here:
+        # it only applies to bare ODETerms, and diffeqsolve wraps terms first (checked
+        # against a runtime counter in tests/test_sampling.py).
+        nfe = n_init + first + per_step * steps
         if opts.denoise:
             n_den = _traced_calls(lambda: pred.x0(grid[-1], y, c))
             y = pred.x0(grid[-1], y, c)
