@@ -4,7 +4,7 @@ import importlib.metadata
 
 import sympy as sympy
 
-# from . import metrics as metrics, toy as toy
+from . import metrics as metrics, toy as toy
 from ._process import (
     AbstractDeclaredProcess as AbstractDeclaredProcess,
     AbstractProcess as AbstractProcess,
@@ -23,7 +23,12 @@ from ._process import (
     VP as VP,
 )
 from ._symbols import t as t, x as x
-# TIME
+from ._time import (
+    DDPMTimesteps as DDPMTimesteps,
+    FlowMatchingTime as FlowMatchingTime,
+    SigmaTime as SigmaTime,
+    TimeConvention as TimeConvention,
+)
 
 from ._predictor import (
     convert as convert,
@@ -67,6 +72,29 @@ from ._precond import (
 )
 
 # --- dynamics, samplers, guidance (issue 4) ---
+from ._sampling import (
+    AbstractDiffusionSolver as AbstractDiffusionSolver,
+    AbstractGuidedPredictor as AbstractGuidedPredictor,
+    cfg as cfg,
+    CFGPredictor as CFGPredictor,
+    check_time_grid as check_time_grid,
+    classifier_guidance as classifier_guidance,
+    ClassifierGuidedPredictor as ClassifierGuidedPredictor,
+    DDIM as DDIM,
+    DDPM as DDPM,
+    DPMSolverPP2M as DPMSolverPP2M,
+    edm_grid as edm_grid,
+    EDMHeun as EDMHeun,
+    log_snr_grid as log_snr_grid,
+    PredictorCorrector as PredictorCorrector,
+    probability_flow as probability_flow,
+    reverse_dynamics as reverse_dynamics,
+    reverse_sde as reverse_sde,
+    ReverseDiffusion as ReverseDiffusion,
+    ReverseDrift as ReverseDrift,
+    sample as sample,
+    uniform_grid as uniform_grid,
+)
 
 # --- likelihood, checks, testing (issue 5) ---
 from . import checks as checks

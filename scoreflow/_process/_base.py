@@ -1,11 +1,9 @@
 """`AbstractProcess`: what every forward (noising) process offers."""
 
-
 import abc
 import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 from equinox import AbstractVar
@@ -46,7 +44,9 @@ class AbstractProcess(eqx.Module):
         r"""$d\sigma/dt$."""
 
     @abc.abstractmethod
-    def drift(self, t: ScalarLike, x: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
+    def drift(
+        self, t: ScalarLike, x: Float[ArrayLike, "*shape"]
+    ) -> Float[Array, "*shape"]:
         r"""Forward drift $f(t, x)$ (for a Gaussian kernel, $f(t)\,x$)."""
 
     @abc.abstractmethod
@@ -98,7 +98,11 @@ class AbstractProcess(eqx.Module):
             f"sample_marginal: t must lie in [0, t1] = [0, {self.t1}]; "
             "clip the times you draw to the process's range.",
         )
-        eps = jr.normal(key, x0.shape, x0.dtype if jnp.issubdtype(x0.dtype, jnp.floating) else t.dtype)
+        eps = jr.normal(
+            key,
+            x0.shape,
+            x0.dtype if jnp.issubdtype(x0.dtype, jnp.floating) else t.dtype,
+        )
         return self.alpha(t) * x0 + self.sigma(t) * eps, eps
 
     def prior_std(self) -> Scalar:
@@ -117,11 +121,12 @@ class AbstractProcess(eqx.Module):
         x = jnp.asarray(x)
         s = self.prior_std()
         n = x.size
-        return -0.5 * jnp.sum((x / s) ** 2) - n * jnp.log(s) - 0.5 * n * math.log(
-            2 * math.pi
+        return (
+            -0.5 * jnp.sum((x / s) ** 2)
+            - n * jnp.log(s)
+            - 0.5 * n * math.log(2 * math.pi)
         )
 
     def score_scale(self, t: ScalarLike) -> Scalar:
         r"""$1/\sigma(t)$: the scale of the score of the kernel."""
         return 1.0 / self.sigma(t)
-

@@ -25,7 +25,6 @@ from .._symbols import t as T_SYM, x as X_SYM
 from . import _derive
 from ._base import AbstractProcess
 
-
 LOG_SNR_MAX = 2 * math.log(1e3)
 r"""Where an automatic `t0` is placed when $\sigma(t) \to 0$ at $t = 0$: the
 log-SNR at which $\sigma/\alpha = 10^{-3}$, i.e. the score scale $1/\sigma$ of
@@ -71,7 +70,9 @@ class _Sym(eqx.Module):
         kwargs["t"] = t
         if self.uses_x:
             kwargs["x"] = x
-        out = self.module(**kwargs)
+        out = jnp.asarray(self.module(**kwargs))
+        if not jnp.issubdtype(out.dtype, jnp.inexact):  # constant coefficients
+            out = out.astype(jnp.result_type(jnp.asarray(t).dtype, float))
         shape = jnp.shape(x) if self.uses_x else jnp.shape(t)
         return jnp.broadcast_to(out, shape) if jnp.shape(out) != shape else out
 
@@ -85,6 +86,11 @@ class _Call(eqx.Module):
         return self.fn(t) if x is None else self.fn(t, x)
 
 
+@eqx.filter_jit
+def _moments_jit(ode, t, params):
+    return ode._eval(t, params)
+
+
 class _MomentODE(eqx.Module):
     r"""alpha(t), sigma(t)² from the moment ODEs $d\log\alpha = f\,dt$,
     $d(\sigma^2/\alpha^2) = g^2/\alpha^2\,dt$, integrated by diffrax from 0 to t."""
@@ -93,7 +99,9 @@ class _MomentODE(eqx.Module):
     g2: eqx.Module
 
     def __call__(self, t, params):
-        t = jnp.asarray(t)
+        return _moments_jit(self, jnp.asarray(t), params)
+
+    def _eval(self, t, params):
         dtype = jnp.result_type(t.dtype, float)
         t = t.astype(dtype)
         tight = dtype == jnp.float64
@@ -145,8 +153,13 @@ class Endpoints:
     prior_kl: float  # per-dimension KL(terminal marginal of unit data || prior)
 
     def __str__(self):
-        lines = [f"t0 = {self.t0:.6g}: {self.reason_t0}", f"t1 = {self.t1:.6g}: {self.reason_t1}"]
-        lines.append(f"prior mismatch (unit-variance data): KL = {self.prior_kl:.3g} per dimension")
+        lines = [
+            f"t0 = {self.t0:.6g}: {self.reason_t0}",
+            f"t1 = {self.t1:.6g}: {self.reason_t1}",
+        ]
+        lines.append(
+            f"prior mismatch (unit-variance data): KL = {self.prior_kl:.3g} per dimension"
+        )
         for name, at, value in self.limits:
             lines.append(f"  lim {name} as t -> {at}: {value}")
         return "\n".join(lines)
@@ -254,7 +267,9 @@ class AbstractDeclaredProcess(AbstractProcess):
         lam = jnp.asarray(lam, dtype=jnp.result_type(float))
         d = self._info.derivation
         if d is not None and d.log_snr is not None:
-            subs = tuple((s, _as_number(self.params[s.name])) for s in self._info.param_symbols)
+            subs = tuple(
+                (s, _as_number(self.params[s.name])) for s in self._info.param_symbols
+            )
             inv = _inverse_log_snr(d.log_snr, subs)
             if inv is not None:
                 return inv(lam, self.params)
@@ -278,9 +293,7 @@ class AbstractDeclaredProcess(AbstractProcess):
                 "symbolic form. Declare it with sympy expressions in sf.t (and sf.x) "
                 "for symbolic derivations."
             )
-        sub = {
-            s: _as_number(self.params[s.name]) for s in self._info.param_symbols
-        }
+        sub = {s: _as_number(self.params[s.name]) for s in self._info.param_symbols}
 
         def S(e):
             return None if e is None else _derive._simplify(e.subs(sub))
@@ -315,47 +328,74 @@ class AbstractDeclaredProcess(AbstractProcess):
             eqs["kernel"] = sympy.Eq(xt, s.alpha * x0 + s.sigma * eps)
         return eqs
 
+    def _equation_rows(self, fmt, wrap, score, sub) -> list[tuple[str, str]]:
+        s = self.symbolic
+        rows = [
+            ("forward SDE", f"dx = {wrap(fmt(s.f))} dt + {wrap(fmt(s.g))} dW"),
+        ]
+        if s.alpha is not None:
+            rows.append(
+                (
+                    "kernel",
+                    f"x_t = {wrap(fmt(s.alpha))} x_0 + {wrap(fmt(s.sigma))} {sub['eps']}",
+                )
+            )
+        rows.append(
+            (
+                "reverse SDE",
+                f"dx = [{fmt(s.f)} - {wrap(fmt(s.g2))} {score}] dt + {wrap(fmt(s.g))} {sub['dWbar']}",
+            )
+        )
+        rows.append(("PF-ODE", f"dx/dt = {fmt(s.f)} - {wrap(fmt(s.g2 / 2))} {score}"))
+        return rows
+
     def describe(self) -> str:
         """A readable multi-line summary: declaration, derived equations, endpoints."""
         lines = [self._info.call]
-        try:
-            eqs = self.equations()
-        except ValueError:
-            eqs = {}
-        for name in ("forward SDE", "kernel", "reverse SDE", "probability-flow ODE"):
-            if name in eqs:
-                e = eqs[name]
-                lines.append(f"  {name + ':':22s}{sympy.sstr(e.lhs)} = {sympy.sstr(e.rhs)}")
-        if eqs:
-            lines.append("  (s(t, x) = grad_x log p_t(x); the reverse SDE runs from t1 to t0, dWbar a reverse-time Brownian motion)")
+        if (
+            self._info.derivation is not None
+            and self._info.derivation.source in ("sde", "interpolant")
+            and not isinstance(self._info.derivation.drift, sympy.Symbol)
+        ):
+            rows = self._equation_rows(
+                sympy.sstr,
+                lambda e: f"({e})",
+                "s(t, x)",
+                {"eps": "eps", "dWbar": "dW_bar"},
+            )
+            for name, text in rows:
+                lines.append(f"  {name + ':':13s}{text}")
+            lines.append(
+                "  where s(t, x) = grad_x log p_t(x); the reverse SDE and the PF-ODE run "
+                "from t1 down to t0 (dW_bar: reverse-time Brownian motion)"
+            )
         if self._info.numeric:
-            lines.append("  kernel integrals: no closed form; computed numerically (diffrax moment ODEs)")
+            lines.append(
+                "  kernel integrals: no closed form; computed numerically (diffrax moment ODEs)"
+            )
         for line in str(self.endpoints).splitlines()[:3]:
             lines.append("  " + line)
         return "\n".join(lines)
 
     def latex(self) -> str:
         r"""The derived equations as a LaTeX `aligned` block."""
-        names = {
-            "forward SDE": "forward SDE",
-            "kernel": "kernel",
-            "reverse SDE": "reverse SDE",
-            "probability-flow ODE": "PF-ODE",
-        }
-        rows = []
-        for key, label in names.items():
-            e = self.equations().get(key)
-            if e is not None:
-                rows.append(
-                    rf"\text{{{label}}}:&\quad {sympy.latex(e.lhs)} = {sympy.latex(e.rhs)}"
-                )
-        return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
+        rows = self._equation_rows(
+            sympy.latex,
+            lambda e: rf"\left({e}\right)",
+            r"\nabla_x \log p_t(x)",
+            {"eps": r"\varepsilon", "dWbar": r"d\bar W"},
+        )
+        body = " \\\\\n".join(rf"\text{{{name}}}:&\quad {text}" for name, text in rows)
+        return "\\begin{aligned}\n" + body + "\n\\end{aligned}"
 
     def _repr_latex_(self):
         return "$" + self.latex() + "$"
 
     def __repr__(self):
-        return f"{self._info.call[:-1]}{', ' if '(' in self._info.call[:-1] and not self._info.call.endswith('()') else ''}t0={self.t0:.6g}, t1={self.t1:.6g})"
+        call = self._info.call
+        head, inner = call[: call.index("(")], call[call.index("(") + 1 : -1]
+        parts = ([inner] if inner else []) + [f"t0={self.t0:.6g}", f"t1={self.t1:.6g}"]
+        return f"{head}({', '.join(parts)})"
 
     # ---- conversions --------------------------------------------------------
 
@@ -429,6 +469,20 @@ def _bisect_time(log_snr, lam, horizon):
 
     solver = optx.Bisection(rtol=1e-7 if dtype == jnp.float32 else 1e-14, atol=0.0)
     flat = jnp.ravel(lam)
+    upper = jnp.asarray(horizon, dtype)
+    lo_lam, hi_lam = log_snr(upper), log_snr(jnp.zeros((), dtype))
+    flat = eqx.error_if(
+        flat,
+        jnp.any((flat < lo_lam) | (flat > hi_lam)),
+        f"t_from_log_snr: a log-SNR outside the process's range on [0, {horizon}] was "
+        "asked for (the process never reaches that noise level); clip the log-SNR to "
+        "[process.log_snr(horizon), process.log_snr(0)].",
+    )
+    # Values at the bracket ends are returned directly (bisection needs a sign change).
+    at_upper, at_lower = flat <= lo_lam, flat >= hi_lam
+    inner = jnp.where(
+        at_upper | at_lower, 0.5 * (lo_lam + jnp.minimum(hi_lam, lo_lam + 60)), flat
+    )
 
     def one(l):
         sol = optx.root_find(
@@ -436,13 +490,17 @@ def _bisect_time(log_snr, lam, horizon):
             solver,
             jnp.asarray(horizon / 2, dtype),
             args=l,
-            options=dict(lower=jnp.asarray(0.0, dtype), upper=jnp.asarray(horizon, dtype)),
+            options=dict(
+                lower=jnp.asarray(0.0, dtype), upper=jnp.asarray(horizon, dtype)
+            ),
             max_steps=256,
             throw=False,
         )
         return sol.value
 
-    return jax.vmap(one)(flat).reshape(lam.shape)
+    out = jax.vmap(one)(inner)
+    out = jnp.where(at_upper, upper, jnp.where(at_lower, 0.0, out))
+    return out.reshape(lam.shape)
 
 
 # --------------------------------------------------------------------------- #
@@ -456,12 +514,16 @@ def _params_dict(params: Mapping | None, call: str):
     for k, v in params.items():
         sym = sympy.Symbol(k, real=True) if isinstance(k, str) else k
         if not isinstance(sym, sympy.Symbol):
-            raise TypeError(f"`{call}`: params keys must be sympy Symbols or names, got {k!r}.")
+            raise TypeError(
+                f"`{call}`: params keys must be sympy Symbols or names, got {k!r}."
+            )
         if sym.name in ("t", "x"):
             raise ValueError(f"`{call}`: a parameter may not be called {sym.name!r}.")
         arr = jnp.asarray(v, dtype=jnp.result_type(float))
         if arr.shape != ():
-            raise ValueError(f"`{call}`: parameter {sym.name} must be a scalar, got shape {arr.shape}.")
+            raise ValueError(
+                f"`{call}`: parameter {sym.name} must be a scalar, got shape {arr.shape}."
+            )
         out_syms.append(sym)
         out_vals[sym.name] = arr
     return tuple(out_syms), out_vals
@@ -518,7 +580,16 @@ def build_numeric(*, call: str, fns: dict, gaussian_reason: str, t0, t1):
     horizon = 1.0 if t1 is None else float(t1)
     d = None
     if gaussian_reason:
-        d = _derive.Derivation("sde", sympy.Symbol("drift"), sympy.Symbol("g2"), None, None, None, False, gaussian_reason)
+        d = _derive.Derivation(
+            "sde",
+            sympy.Symbol("drift"),
+            sympy.Symbol("g2"),
+            None,
+            None,
+            None,
+            False,
+            gaussian_reason,
+        )
     return _finish(call, d, (), {}, fns, t0, t1, horizon, None)
 
 
@@ -532,12 +603,13 @@ def _inverse_log_snr(lam, subs):
     sub = dict(subs)
     lam_fn = sympy.lambdify(_derive.t, lam.subs(sub), modules="mpmath")
     for sol in sols:
-        # Keep the branch that inverts lam at a few interior times.
+        sol = _derive._simplify(sol)  # e.g. removes 0/0 at lam = 0
+        # Keep the branch that inverts lam at a few interior times (incl. the middle).
         fn = sympy.lambdify(L, sol.subs(sub), modules="mpmath")
         try:
             ok = all(
                 abs(complex(fn(lam_fn(mpmath.mpf(tv)))) - tv) < 1e-9
-                for tv in (0.1, 0.37, 0.8)
+                for tv in (0.1, 0.37, 0.5, 0.8)
             )
         except (TypeError, ValueError, ZeroDivisionError):
             ok = False
@@ -679,9 +751,7 @@ def _finish(call, d, param_symbols, params, fns, t0, t1, horizon, mp):
         else:
             t1v = float(t1)
         if not t0v < t1v:
-            raise ValueError(
-                f"`{call}`: need t0 < t1, got t0={t0v}, t1={t1v}."
-            )
+            raise ValueError(f"`{call}`: need t0 < t1, got t0={t0v}, t1={t1v}.")
         # -- explicit endpoints must be regular --------------------------------
         for name_, tv in (("t0", t0v), ("t1", t1v)):
             s2 = value("sigma2", tv)
@@ -767,8 +837,11 @@ def _solve_time(lam, target, lo, hi, call, which):
 def _grid(t0, t1):
     span = t1 - t0
     near = np.geomspace(1e-6, 1e-1, 21) * span
-    return np.unique(np.clip(np.concatenate(
-        [np.linspace(t0, t1, 513), t0 + near, t1 - near]), t0, t1))
+    return np.unique(
+        np.clip(
+            np.concatenate([np.linspace(t0, t1, 513), t0 + near, t1 - near]), t0, t1
+        )
+    )
 
 
 def _validate_grid(call, d, fns, params, t0, t1, gaussian, mp):
@@ -797,9 +870,17 @@ def _validate_grid(call, d, fns, params, t0, t1, gaussian, mp):
                 )
         if "moments" in fns:
             a, s2 = jax.vmap(lambda s: fns32["moments"](s, params32))(ts[::8])
-            if not (np.isfinite(np.asarray(a)).all() and np.isfinite(np.asarray(s2)).all()):
-                raise ValueError(f"`{call}`: the numerically integrated kernel is not finite on [t0, t1].")
-    g2v = np.asarray(jax.vmap(lambda s: fns["g2"](s, params))(jnp.asarray(grid, jnp.result_type(float))))
+            if not (
+                np.isfinite(np.asarray(a)).all() and np.isfinite(np.asarray(s2)).all()
+            ):
+                raise ValueError(
+                    f"`{call}`: the numerically integrated kernel is not finite on [t0, t1]."
+                )
+    g2v = np.asarray(
+        jax.vmap(lambda s: fns["g2"](s, params))(
+            jnp.asarray(grid, jnp.result_type(float))
+        )
+    )
     neg = g2v < -1e-6 * max(1.0, float(np.max(np.abs(g2v))))
     if neg.any():
         i = int(np.argmax(neg))
@@ -840,4 +921,3 @@ def _check_nonneg(g, param_symbols, params, call, what, t1):
                 "g must be >= 0 (only g^2 enters the dynamics): declare abs(g), or "
                 "sqrt of the intended g^2."
             )
-

@@ -23,14 +23,13 @@ from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
 from .._symbols import t, tau, x
 
-
-SYMPY_TIMEOUT = 10.0
+SYMPY_TIMEOUT = 5.0
 """Seconds sympy may spend on one integral, limit or solve before scoreflow falls
 back to numerics (only enforced in the main thread, where SIGALRM is available)."""
 
 
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """A BaseException, so sympy's internal `except Exception` cannot swallow it."""
 
 
 @contextlib.contextmanager
@@ -298,7 +297,9 @@ def _probe_times(T: float) -> np.ndarray:
     return np.unique(np.concatenate([near, np.linspace(0, T, 33)[1:-1], T - near]))
 
 
-def stable_form(expr: sympy.Expr, subs: tuple, T: float, hints: tuple = ()) -> sympy.Expr:
+def stable_form(
+    expr: sympy.Expr, subs: tuple, T: float, hints: tuple = ()
+) -> sympy.Expr:
     """Among algebraically equal rewrites of `expr` (with `expm1`/`log1p` where they
     apply, and any `hints` — candidate forms that are only accepted if they match),
     pick the one with the smallest float32 relative error on probe times near both

@@ -13,16 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import sympy
-
 from sympy.codegen.cfunctions import expm1
 
 from .._symbols import t, x
 from . import _derive
 from ._declared import (
+    AbstractDeclaredProcess,
     _Call,
     _MomentODE,
     _params_dict,
-    AbstractDeclaredProcess,
     build_numeric,
     build_symbolic,
 )
@@ -176,8 +175,11 @@ class Interpolant(AbstractDeclaredProcess):
                 )
             call = f"sf.Interpolant(alpha={_name(alpha)}, sigma={_name(sigma)})"
             fields = build_numeric(
-                call=call, fns=_numeric_interpolant(alpha, sigma), gaussian_reason="",
-                t0=t0, t1=t1,
+                call=call,
+                fns=_numeric_interpolant(alpha, sigma),
+                gaussian_reason="",
+                t0=t0,
+                t1=t1,
             )
         else:
             raise TypeError(
@@ -252,9 +254,11 @@ def _numeric_sde(call, drift, diffusion, t1):
             for v in (0.0, 1.0, 2.0, -3.0)
         )
         scale = max(1.0, abs(d1))
-        if abs(d0) > 1e-6 * scale or abs(d2 - 2 * d1) > 1e-5 * scale or abs(
-            dm + 3 * d1
-        ) > 1e-5 * scale:
+        if (
+            abs(d0) > 1e-6 * scale
+            or abs(d2 - 2 * d1) > 1e-5 * scale
+            or abs(dm + 3 * d1) > 1e-5 * scale
+        ):
             reason = (
                 f"the drift {_name(drift)} is not of the form f(t) * x (checked at "
                 f"t={tv:.3g}: drift(t, 0)={d0:.4g}, drift(t, 1)={d1:.4g}, "
@@ -307,16 +311,26 @@ class VP(AbstractDeclaredProcess):
     log-SNR rule (about $10^{-5}$ for the default betas), `t1 = 1`.
     """
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t0=None, t1=None):
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, *, t0=None, t1=None
+    ):
         call = f"sf.VP(beta_min={_fmt(beta_min)}, beta_max={_fmt(beta_max)})"
         _check_betas(call, beta_min, beta_max)
         fields = build_symbolic(
-            call=call, source="sde", exprs=(-_beta / 2 * x, sympy.sqrt(_beta)),
+            call=call,
+            source="sde",
+            exprs=(-_beta / 2 * x, sympy.sqrt(_beta)),
             param_symbols=(_b0, _b1),
-            params={"beta_min": jnp.asarray(float(beta_min)), "beta_max": jnp.asarray(float(beta_max))},
-            t0=t0, t1=t1,
-            hints={"sigma": (sympy.sqrt(-expm1(-_int_beta)),),
-                   "log_snr": (-_int_beta - sympy.log(-expm1(-_int_beta)),)},
+            params={
+                "beta_min": jnp.asarray(float(beta_min)),
+                "beta_max": jnp.asarray(float(beta_max)),
+            },
+            t0=t0,
+            t1=t1,
+            hints={
+                "sigma": (sympy.sqrt(-expm1(-_int_beta)),),
+                "log_snr": (-_int_beta - sympy.log(-expm1(-_int_beta)),),
+            },
         )
         for k, v in fields.items():
             setattr(self, k, v)
@@ -330,18 +344,28 @@ class SubVP(AbstractDeclaredProcess):
     [arXiv:2011.13456](https://arxiv.org/abs/2011.13456)
     """
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t0=None, t1=None):
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, *, t0=None, t1=None
+    ):
         call = f"sf.SubVP(beta_min={_fmt(beta_min)}, beta_max={_fmt(beta_max)})"
         _check_betas(call, beta_min, beta_max)
         g = sympy.sqrt(_beta * (1 - sympy.exp(-2 * _int_beta)))
         fields = build_symbolic(
-            call=call, source="sde", exprs=(-_beta / 2 * x, g),
+            call=call,
+            source="sde",
+            exprs=(-_beta / 2 * x, g),
             param_symbols=(_b0, _b1),
-            params={"beta_min": jnp.asarray(float(beta_min)), "beta_max": jnp.asarray(float(beta_max))},
-            t0=t0, t1=t1,
-            hints={"sigma": (-expm1(-_int_beta),),
-                   "log_snr": (-_int_beta - 2 * sympy.log(-expm1(-_int_beta)),),
-                   "sigma_dot": (_beta * sympy.exp(-_int_beta),)},
+            params={
+                "beta_min": jnp.asarray(float(beta_min)),
+                "beta_max": jnp.asarray(float(beta_max)),
+            },
+            t0=t0,
+            t1=t1,
+            hints={
+                "sigma": (-expm1(-_int_beta),),
+                "log_snr": (-_int_beta - 2 * sympy.log(-expm1(-_int_beta)),),
+                "sigma_dot": (_beta * sympy.exp(-_int_beta),),
+            },
         )
         for k, v in fields.items():
             setattr(self, k, v)
@@ -368,7 +392,9 @@ class VE(AbstractDeclaredProcess):
     [arXiv:2011.13456](https://arxiv.org/abs/2011.13456)
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, t0=None, t1=None):
+    def __init__(
+        self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, t0=None, t1=None
+    ):
         call = f"sf.VE(sigma_min={_fmt(sigma_min)}, sigma_max={_fmt(sigma_max)})"
         _positive(call, sigma_min=sigma_min, sigma_max=sigma_max)
         if not sigma_max > sigma_min:
@@ -377,12 +403,22 @@ class VE(AbstractDeclaredProcess):
             )
         g = _smin * sympy.exp(t * _log_ratio) * sympy.sqrt(2 * _log_ratio)
         fields = build_symbolic(
-            call=call, source="sde", exprs=(sympy.Integer(0) * x, g),
+            call=call,
+            source="sde",
+            exprs=(sympy.Integer(0) * x, g),
             param_symbols=(_smin, _smax),
-            params={"sigma_min": jnp.asarray(float(sigma_min)), "sigma_max": jnp.asarray(float(sigma_max))},
-            t0=t0, t1=t1,
-            hints={"sigma": (_smin * sympy.sqrt(expm1(2 * t * _log_ratio)),),
-                   "log_snr": (-2 * sympy.log(_smin) - sympy.log(expm1(2 * t * _log_ratio)),)},
+            params={
+                "sigma_min": jnp.asarray(float(sigma_min)),
+                "sigma_max": jnp.asarray(float(sigma_max)),
+            },
+            t0=t0,
+            t1=t1,
+            hints={
+                "sigma": (_smin * sympy.sqrt(expm1(2 * t * _log_ratio)),),
+                "log_snr": (
+                    -2 * sympy.log(_smin) - sympy.log(expm1(2 * t * _log_ratio)),
+                ),
+            },
         )
         for k, v in fields.items():
             setattr(self, k, v)
@@ -407,10 +443,17 @@ class CosineVP(AbstractDeclaredProcess):
         call = f"sf.CosineVP(s={_fmt(s)})"
         _positive(call, s=s)
         alpha = sympy.cos(_ang) / sympy.cos(_ang0)
-        sigma = sympy.sqrt(sympy.sin(_ang - _ang0) * sympy.sin(_ang + _ang0)) / sympy.cos(_ang0)
+        sigma = sympy.sqrt(
+            sympy.sin(_ang - _ang0) * sympy.sin(_ang + _ang0)
+        ) / sympy.cos(_ang0)
         fields = build_symbolic(
-            call=call, source="interpolant", exprs=(alpha, sigma),
-            param_symbols=(_s,), params={"s": jnp.asarray(float(s))}, t0=t0, t1=t1,
+            call=call,
+            source="interpolant",
+            exprs=(alpha, sigma),
+            param_symbols=(_s,),
+            params={"s": jnp.asarray(float(s))},
+            t0=t0,
+            t1=t1,
         )
         for k, v in fields.items():
             setattr(self, k, v)
@@ -425,8 +468,13 @@ class RectifiedFlow(AbstractDeclaredProcess):
 
     def __init__(self, *, t0=None, t1=None):
         fields = build_symbolic(
-            call="sf.RectifiedFlow()", source="interpolant", exprs=(1 - t, t),
-            param_symbols=(), params={}, t0=t0, t1=t1,
+            call="sf.RectifiedFlow()",
+            source="interpolant",
+            exprs=(1 - t, t),
+            param_symbols=(),
+            params={},
+            t0=t0,
+            t1=t1,
         )
         for k, v in fields.items():
             setattr(self, k, v)
@@ -444,8 +492,13 @@ class EDM(AbstractDeclaredProcess):
     sigma_data: float = eqx.field(static=True)
 
     def __init__(
-        self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5,
-        *, t0=None, t1=None,
+        self,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        sigma_data: float = 0.5,
+        *,
+        t0=None,
+        t1=None,
     ):
         call = (
             f"sf.EDM(sigma_min={_fmt(sigma_min)}, sigma_max={_fmt(sigma_max)}, "
@@ -457,9 +510,13 @@ class EDM(AbstractDeclaredProcess):
                 f"`{call}`: need sigma_min < sigma_max, got {sigma_min!r} >= {sigma_max!r}."
             )
         fields = build_symbolic(
-            call=call, source="interpolant", exprs=(sympy.Integer(1), _smax * t),
-            param_symbols=(_smax,), params={"sigma_max": jnp.asarray(float(sigma_max))},
-            t0=float(sigma_min) / float(sigma_max) if t0 is None else t0, t1=t1,
+            call=call,
+            source="interpolant",
+            exprs=(sympy.Integer(1), _smax * t),
+            param_symbols=(_smax,),
+            params={"sigma_max": jnp.asarray(float(sigma_max))},
+            t0=float(sigma_min) / float(sigma_max) if t0 is None else t0,
+            t1=t1,
         )
         for k, v in fields.items():
             setattr(self, k, v)
