@@ -150,12 +150,13 @@ class ClassifierGuidedPredictor(AbstractGuidedPredictor):
     predictor: Any
     log_prob: Callable
     scale: Any
+    conditional_model: bool = eqx.field(static=True, default=False)
 
     def hub(self, t, x, cond=None):
         x = jnp.asarray(x)
         t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
         p = self.predictor
-        x0, eps = p.hub(t, x, cond)
+        x0, eps = p.hub(t, x, cond if self.conditional_model else None)
         if cond is None:
             return x0, eps
         grad = jax.grad(lambda y: self.log_prob(t, y, cond))(x)
@@ -166,7 +167,7 @@ class ClassifierGuidedPredictor(AbstractGuidedPredictor):
 
 
 def classifier_guidance(
-    predictor, log_prob: Callable, scale: float = 1.0
+    predictor, log_prob: Callable, scale: float = 1.0, *, conditional_model: bool = False
 ) -> ClassifierGuidedPredictor:
     r"""Classifier guidance (Song et al. 2021; Dhariwal & Nichol 2021):
 
@@ -174,8 +175,8 @@ def classifier_guidance(
 
     **Arguments:**
 
-    - `predictor`: the (unconditional, or conditional) predictor; it is called with
-      the same `cond`.
+    - `predictor`: the predictor being guided; it is called unconditionally
+      (`cond=None`) unless `conditional_model=True`, when it gets the same `cond`.
     - `log_prob`: the user's noisy classifier `log_prob(t, x, y) -> scalar`, time
       first, unbatched, $t = 0$ data.
     - `scale`: $s$ ($s = 1$ samples $p_t(x \mid y)$ exactly for an exact classifier).
@@ -186,4 +187,4 @@ def classifier_guidance(
     """
     if not _static_one(scale):
         scale = jnp.asarray(scale, dtype=jnp.result_type(float))
-    return ClassifierGuidedPredictor(predictor, log_prob, scale)
+    return ClassifierGuidedPredictor(predictor, log_prob, scale, conditional_model)
