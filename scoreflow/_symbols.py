@@ -2,7 +2,6 @@
 
 import sympy
 
-
 t = sympy.Symbol("t", nonnegative=True)
 """Time. `t = 0` is data, `t = t1` is the prior (scoreflow's fixed convention)."""
 

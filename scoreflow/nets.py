@@ -38,9 +38,11 @@ class SinusoidalEmbedding(eqx.Module):
         self.dim, self.scale, self.max_freq = dim, float(scale), float(max_freq)
 
     def __call__(self, t) -> Float[Array, " dim"]:
+        t = jnp.asarray(t)
+        dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else float
         half = self.dim // 2
-        freqs = jnp.exp(jnp.linspace(0.0, math.log(self.max_freq), half))
-        arg = self.scale * jnp.asarray(t) * freqs
+        freqs = jnp.exp(jnp.linspace(0.0, math.log(self.max_freq), half, dtype=dtype))
+        arg = self.scale * t * freqs
         return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)])
 
 
@@ -58,7 +60,7 @@ class FourierEmbedding(eqx.Module):
 
     def __call__(self, t) -> Float[Array, " dim"]:
         w = jax.lax.stop_gradient(self.weights)
-        arg = 2 * jnp.pi * jnp.asarray(t) * w
+        arg = 2 * jnp.pi * jnp.asarray(t, w.dtype) * w
         return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)])
 
 

@@ -2,7 +2,6 @@ import jax
 import jax.random as jr
 import pytest
 
-
 # Exactness tests run in float64; float32 behaviour is tested explicitly by casting.
 jax.config.update("jax_enable_x64", True)
 

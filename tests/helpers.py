@@ -11,7 +11,6 @@ import jax.numpy as jnp
 
 import scoreflow as sf
 
-
 BUILTIN_NAMES = ("VP", "SubVP", "VE", "CosineVP", "RectifiedFlow", "EDM")
 
 

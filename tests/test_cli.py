@@ -24,9 +24,9 @@ def test_derive_interpolant_latex(capsys):
 
 
 def test_derive_errors(capsys):
-    assert main(["derive", "--drift", "-x *", "--diffusion", "1"]) == 2
+    assert main(["derive", "--drift=-x *", "--diffusion", "1"]) == 2
     assert "could not parse" in capsys.readouterr().err
-    assert main(["derive", "--drift", "-x"]) == 2
+    assert main(["derive", "--drift=-x"]) == 2
     assert "--diffusion" in capsys.readouterr().err
     assert (
         main(
