@@ -121,6 +121,10 @@ def test_symbolic_shortcut_identity():
 def test_symbolic_fp_errors():
     with pytest.raises(ValueError, match="data"):
         checks.symbolic_fokker_planck(builtin("VP"), data="uniform")
+
+
+@pytest.mark.slow
+def test_symbolic_fp_non_affine():
     cubic = sf.SDE(drift=-(sf.x**3), diffusion=sympy.sqrt(2))
     with pytest.raises(ValueError, match="Gaussian"):
         checks.symbolic_fokker_planck(cubic)

@@ -194,7 +194,7 @@ HUTCH_RESULTS = {}
         ("hutchinson", 1, "rademacher"),
         pytest.param("hutchinson", 4, "rademacher", marks=pytest.mark.slow),
         pytest.param("hutchinson", 1, "gaussian", marks=pytest.mark.slow),
-        ("hutch++", 3, "rademacher"),
+        pytest.param("hutch++", 3, "rademacher", marks=pytest.mark.slow),
     ],
 )
 def test_stochastic_trace_unbiased(trace, num_probes, probe):

@@ -14,7 +14,7 @@ import scoreflow.testing as sft
 from scoreflow import checks, toy
 
 PROPERTY = settings(
-    max_examples=6,
+    max_examples=5,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=True,  # reproducible in CI; run with --hypothesis-seed to explore
