@@ -1,6 +1,7 @@
 """Reverse-time dynamics as diffrax terms (flipped time s = t1 - t)."""
 
 import diffrax
+import helpers
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -9,8 +10,6 @@ import pytest
 
 import scoreflow as sf
 from scoreflow import toy
-
-import helpers
 
 
 def _gaussian(d=2, m=1.5, s=0.5):
@@ -37,7 +36,12 @@ def test_probability_flow_sign_on_gaussian_data():
     z = jnp.array([0.7, -1.3])
     x_start = a0 * m + jnp.sqrt(a0**2 * s**2 + s0**2) * z
     sol = diffrax.diffeqsolve(
-        term, diffrax.Tsit5(), p.t1 - t_start, p.t1 - t_end, None, x_start,
+        term,
+        diffrax.Tsit5(),
+        p.t1 - t_start,
+        p.t1 - t_end,
+        None,
+        x_start,
         stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-10),
     )
     exact = a1 * m + jnp.sqrt(a1**2 * s**2 + s1**2) * z
@@ -60,7 +64,12 @@ def test_reverse_sde_sign_and_noise_on_gaussian_data():
         assert isinstance(terms, diffrax.MultiTerm)
         x1 = p.prior_sample(k1, (1,))
         sol = diffrax.diffeqsolve(
-            terms, diffrax.ShARK(), 0.0, p.t1 - p.t0, 2e-2, x1,
+            terms,
+            diffrax.ShARK(),
+            0.0,
+            p.t1 - p.t0,
+            2e-2,
+            x1,
             saveat=diffrax.SaveAt(t1=True),
         )
         return sol.ys[-1, 0]
@@ -87,7 +96,9 @@ def test_reverse_dynamics_family_formula():
         np.testing.assert_allclose(drift.vf(s, x, None), want, rtol=1e-12)
         if eta:
             op = terms.terms[1].vf(s, x, None)
-            np.testing.assert_allclose(op.mv(jnp.ones(2)), eta * p.diffusion(t) * jnp.ones(2))
+            np.testing.assert_allclose(
+                op.mv(jnp.ones(2)), eta * p.diffusion(t) * jnp.ones(2)
+            )
     pf = sf.probability_flow(p, pred)
     assert isinstance(pf, diffrax.ODETerm)
     np.testing.assert_allclose(
@@ -100,7 +111,8 @@ def test_reverse_dynamics_family_formula():
     eta_fn = sf.reverse_dynamics(p, pred, eta=lambda t: 2 * t, brownian_motion=bm)
     np.testing.assert_allclose(
         eta_fn.terms[0].vf(s, x, None),
-        -(p.f(t) * x - (1 + (2 * t) ** 2) / 2 * p.g2(t) * score), rtol=1e-12,
+        -(p.f(t) * x - (1 + (2 * t) ** 2) / 2 * p.g2(t) * score),
+        rtol=1e-12,
     )
 
 

@@ -4,6 +4,7 @@ conditional and unconditional fields are exact."""
 import functools
 
 import diffrax
+import helpers
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -12,8 +13,6 @@ import pytest
 
 import scoreflow as sf
 from scoreflow import toy
-
-import helpers
 
 MEANS = jnp.array([[-3.0, 0.0], [3.0, 0.5], [0.0, 3.0]])
 W = jnp.array([0.5, 0.3, 0.2])
@@ -24,7 +23,9 @@ NULL = 3
 @functools.cache
 def mixtures():
     full = toy.GaussianMixture(W, MEANS, jnp.stack([COV] * 3))
-    parts = [toy.GaussianMixture(jnp.ones(1), MEANS[i : i + 1], COV[None]) for i in range(3)]
+    parts = [
+        toy.GaussianMixture(jnp.ones(1), MEANS[i : i + 1], COV[None]) for i in range(3)
+    ]
     return full, parts
 
 
@@ -55,8 +56,9 @@ def test_cfg_identity_any_prediction(prediction):
     field; cond=None is model(t, x, null_cond)."""
     p = helpers.builtin("VP")
     full, parts = mixtures()
-    pred = sf.Predictor(make_model(p, prediction), p, prediction=prediction,
-                        null_cond=jnp.asarray(NULL))
+    pred = sf.Predictor(
+        make_model(p, prediction), p, prediction=prediction, null_cond=jnp.asarray(NULL)
+    )
     t, x = jnp.asarray(0.3), jnp.array([0.4, 1.1])
     for y in (0, 2):
         s_c = parts[y].score(p)(t, x)
@@ -66,23 +68,35 @@ def test_cfg_identity_any_prediction(prediction):
             want = s_u + scale * (s_c - s_u)
             np.testing.assert_allclose(g.score(t, x, jnp.asarray(y)), want, rtol=1e-8)
             np.testing.assert_allclose(
-                g.eps(t, x, jnp.asarray(y)), -p.sigma(t) * want, rtol=1e-8)
+                g.eps(t, x, jnp.asarray(y)), -p.sigma(t) * want, rtol=1e-8
+            )
             gw = sf.cfg(pred, weight=scale - 1.0)
             np.testing.assert_allclose(gw.score(t, x, jnp.asarray(y)), want, rtol=1e-8)
-    np.testing.assert_allclose(sf.cfg(pred, 4.0).score(t, x, None),
-                               full.score(p)(t, x), rtol=1e-8)
+    np.testing.assert_allclose(
+        sf.cfg(pred, 4.0).score(t, x, None), full.score(p)(t, x), rtol=1e-8
+    )
 
 
 def test_cfg_no_unconditional_pass_when_off_and_two_when_on():
     p = helpers.builtin("VP")
     counter = []
-    pred = sf.Predictor(make_model(p, "eps", counter), p, prediction="eps",
-                        null_cond=jnp.asarray(NULL))
+    pred = sf.Predictor(
+        make_model(p, "eps", counter), p, prediction="eps", null_cond=jnp.asarray(NULL)
+    )
     labels = jnp.array([0, 2])
     for scale, per_eval in ((1.0, 1), (3.0, 2)):
         counter.clear()
-        xs, info = sf.sample(jr.key(0), p, sf.cfg(pred, scale), (2,), num=2, steps=3,
-                             solver=diffrax.Heun(), cond=labels, return_info=True)
+        xs, info = sf.sample(
+            jr.key(0),
+            p,
+            sf.cfg(pred, scale),
+            (2,),
+            num=2,
+            steps=3,
+            solver=diffrax.Heun(),
+            cond=labels,
+            return_info=True,
+        )
         jax.block_until_ready(xs)
         jax.effects_barrier()
         assert np.all(info["nfe"] == 6 * per_eval)
@@ -121,8 +135,16 @@ def test_conditional_sampling_with_cfg_scale_one_hits_each_class():
     p = helpers.builtin("VP")
     pred = sf.Predictor(make_model(p, "eps"), p, null_cond=jnp.asarray(NULL))
     labels = jnp.repeat(jnp.arange(3), 200)
-    xs = sf.sample(jr.key(1), p, sf.cfg(pred, 1.0), (2,), num=600, steps=30, cond=labels,
-                   solver=sf.DPMSolverPP2M())
+    xs = sf.sample(
+        jr.key(1),
+        p,
+        sf.cfg(pred, 1.0),
+        (2,),
+        num=600,
+        steps=30,
+        cond=labels,
+        solver=sf.DPMSolverPP2M(),
+    )
     for y in range(3):
         mean = xs[labels == y].mean(0)
         assert float(jnp.linalg.norm(mean - MEANS[y])) < 0.15

@@ -4,6 +4,7 @@ statistics, reproducibility, tracing, grids and argument validation."""
 import functools
 
 import diffrax
+import helpers
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -13,8 +14,6 @@ import pytest
 import scoreflow as sf
 from scoreflow import metrics, toy
 from scoreflow._sampling import _sample
-
-import helpers
 
 
 @functools.cache
@@ -33,9 +32,11 @@ def mode_tv(gm, xs):
 
 
 def fd_to_truth(gm, xs):
-    return float(metrics.frechet_distance_gaussians(
-        jnp.mean(xs, 0), jnp.cov(xs.T), gm.mean(), gm.cov()
-    ))
+    return float(
+        metrics.frechet_distance_gaussians(
+            jnp.mean(xs, 0), jnp.cov(xs.T), gm.mean(), gm.cov()
+        )
+    )
 
 
 @functools.cache
@@ -43,12 +44,16 @@ def noise_floor(n, reps=8):
     """Mean and std over `reps` sets of `n` exact samples of (FD to the true
     moments, mode-weight TV): what a perfect sampler achieves at this `n`."""
     _, gm, _ = ring()
-    draw = jax.jit(gm.sample, static_argnums=1)
+    draw = jax.jit(lambda k, n: gm.sample(k, n), static_argnums=1)
     sets = [draw(jr.key(100 + r), n) for r in range(reps)]
     fds = [fd_to_truth(gm, x) for x in sets]
     tvs = [mode_tv(gm, x) for x in sets]
-    return (float(np.mean(fds)), float(np.std(fds)), float(np.mean(tvs)),
-            float(np.std(tvs)))
+    return (
+        float(np.mean(fds)),
+        float(np.std(fds)),
+        float(np.mean(tvs)),
+        float(np.std(tvs)),
+    )
 
 
 def _check_at_floor(xs, n, tv_max=None):
@@ -68,7 +73,12 @@ N = 1024
 def test_pf_ode_adaptive_reproduces_data():
     p, gm, pred = ring()
     xs, info = sf.sample(
-        jr.key(0), p, pred, (2,), num=N, solver=diffrax.Tsit5(),
+        jr.key(0),
+        p,
+        pred,
+        (2,),
+        num=N,
+        solver=diffrax.Tsit5(),
         stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-4),
         return_info=True,
     )
@@ -82,8 +92,17 @@ def test_pf_ode_adaptive_reproduces_data():
 @pytest.mark.parametrize("eta", [1.0, pytest.param(0.5, marks=pytest.mark.slow)])
 def test_reverse_sde_and_eta_family_reproduce_data(eta):
     p, gm, pred = ring()
-    xs = sf.sample(jr.key(1), p, pred, (2,), num=N, method="sde", eta=eta,
-                   solver=diffrax.Euler(), steps=200)
+    xs = sf.sample(
+        jr.key(1),
+        p,
+        pred,
+        (2,),
+        num=N,
+        method="sde",
+        eta=eta,
+        solver=diffrax.Euler(),
+        steps=200,
+    )
     _check_at_floor(xs, N)
 
 
@@ -93,9 +112,14 @@ def test_mode_weights_within_002_tv_large_n(method, eta):
     """The issue's criterion at a sample size where exact sampling has TV ~ 0.01."""
     p, gm, pred = ring()
     n = 16384
-    kw = (dict(solver=diffrax.Tsit5(),
-               stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-5))
-          if method == "ode" else dict(solver=diffrax.Euler(), steps=1000, eta=eta))
+    kw = (
+        dict(
+            solver=diffrax.Tsit5(),
+            stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-5),
+        )
+        if method == "ode"
+        else dict(solver=diffrax.Euler(), steps=1000, eta=eta)
+    )
     xs = sf.sample(jr.key(2), p, pred, (2,), num=n, method=method, **kw)
     _check_at_floor(xs, n, tv_max=0.02)
 
@@ -117,10 +141,12 @@ def _counting_predictor(p, gm, counter):
     "kw",
     [
         dict(solver=diffrax.Heun(), steps=3),
-        dict(solver=diffrax.Euler(), steps=1),           # NFE = 1
+        dict(solver=diffrax.Euler(), steps=1),  # NFE = 1
         dict(solver=sf.DPMSolverPP2M(), steps=4, denoise=True),
-        dict(solver=diffrax.Tsit5(),
-             stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3)),
+        dict(
+            solver=diffrax.Tsit5(),
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3),
+        ),
         dict(solver=diffrax.ShARK(), steps=2, method="sde"),
     ],
     ids=["heun", "euler1", "dpm2m+denoise", "tsit5-adaptive", "shark"],
@@ -143,14 +169,32 @@ def test_nfe_one_and_two_step_samplers_are_exact_formulas():
     p, gm, pred = ring()
     x1 = jnp.array([[0.3, -0.2], [1.0, 2.0]])
     t1, t0 = p.t1, p.t0
-    xs, info = sf.sample(jr.key(0), p, pred, (2,), num=2, solver=sf.DDIM(), steps=1,
-                         noise=x1, return_info=True)
+    xs, info = sf.sample(
+        jr.key(0),
+        p,
+        pred,
+        (2,),
+        num=2,
+        solver=sf.DDIM(),
+        steps=1,
+        noise=x1,
+        return_info=True,
+    )
     x0h = jax.vmap(lambda x: gm.x0(p)(t1, x))(x1)
     epsh = jax.vmap(lambda x: gm.eps(p)(t1, x))(x1)
     np.testing.assert_allclose(xs, p.alpha(t0) * x0h + p.sigma(t0) * epsh, rtol=1e-10)
     assert np.all(info["nfe"] == 1)
-    xs, info = sf.sample(jr.key(0), p, pred, (2,), num=2, solver=diffrax.Heun(),
-                         steps=1, noise=x1, return_info=True)
+    xs, info = sf.sample(
+        jr.key(0),
+        p,
+        pred,
+        (2,),
+        num=2,
+        solver=diffrax.Heun(),
+        steps=1,
+        noise=x1,
+        return_info=True,
+    )
     vf = jax.vmap(sf.probability_flow(p, pred).vector_field, in_axes=(None, 0))
     h = t1 - t0
     k1 = vf(0.0, x1)
@@ -188,10 +232,21 @@ def test_batch_equals_one_at_a_time():
 def test_ode_initial_noise_depends_on_key_only():
     p, _, pred = ring()
     firsts = []
-    for kw in (dict(solver=diffrax.Euler(), steps=2), dict(solver=diffrax.Heun(), steps=3),
-               dict(solver=sf.DPMSolverPP2M(), time_grid=sf.log_snr_grid(p, 2))):
-        _, info = sf.sample(jr.key(11), p, pred, (2,), num=3, return_trajectory=True,
-                            return_info=True, **kw)
+    for kw in (
+        dict(solver=diffrax.Euler(), steps=2),
+        dict(solver=diffrax.Heun(), steps=3),
+        dict(solver=sf.DPMSolverPP2M(), time_grid=sf.log_snr_grid(p, 2)),
+    ):
+        _, info = sf.sample(
+            jr.key(11),
+            p,
+            pred,
+            (2,),
+            num=3,
+            return_trajectory=True,
+            return_info=True,
+            **kw,
+        )
         firsts.append(info["trajectory"][:, 0])
     np.testing.assert_array_equal(firsts[0], firsts[1])
     np.testing.assert_array_equal(firsts[0], firsts[2])
@@ -206,12 +261,26 @@ def test_brownian_tree_keeps_the_noise_path_across_step_counts():
     n = 64
 
     def run(steps, brownian):
-        return sf.sample(jr.key(5), p, pred, (2,), num=n, method="sde",
-                         solver=diffrax.Euler(), steps=steps, brownian=brownian)
+        return sf.sample(
+            jr.key(5),
+            p,
+            pred,
+            (2,),
+            num=n,
+            method="sde",
+            solver=diffrax.Euler(),
+            steps=steps,
+            brownian=brownian,
+        )
 
-    d_tree = float(jnp.mean(jnp.linalg.norm(run(64, "tree") - run(128, "tree"), axis=-1)))
-    d_inc = float(jnp.mean(jnp.linalg.norm(run(64, "increments") - run(128, "increments"),
-                                           axis=-1)))
+    d_tree = float(
+        jnp.mean(jnp.linalg.norm(run(64, "tree") - run(128, "tree"), axis=-1))
+    )
+    d_inc = float(
+        jnp.mean(
+            jnp.linalg.norm(run(64, "increments") - run(128, "increments"), axis=-1)
+        )
+    )
     assert d_tree < 0.25 * d_inc, (d_tree, d_inc)
 
 
@@ -231,13 +300,29 @@ def test_one_trace_per_shape_and_step_count():
     before = _sample._TRACES[0]
     for i, (scale, t_end) in enumerate([(2.0, 1e-3), (3.5, 2e-3), (7.0, 5e-2)]):
         grid = sf.uniform_grid(p, 4, t_end=t_end)
-        sf.sample(jr.key(i), p, sf.cfg(cpred, scale), (2,), num=4, cond=labels,
-                  time_grid=grid, solver=sf.DDIM(eta=0.1 * (i + 1)), method="sde")
+        sf.sample(
+            jr.key(i),
+            p,
+            sf.cfg(cpred, scale),
+            (2,),
+            num=4,
+            cond=labels,
+            time_grid=grid,
+            solver=sf.DDIM(eta=0.1 * (i + 1)),
+            method="sde",
+        )
     assert _sample._TRACES[0] - before == 1
     before = _sample._TRACES[0]
     for rtol in (1e-3, 1e-4):
-        sf.sample(jr.key(0), p, pred, (2,), num=2, solver=diffrax.Tsit5(),
-                  stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol))
+        sf.sample(
+            jr.key(0),
+            p,
+            pred,
+            (2,),
+            num=2,
+            solver=diffrax.Tsit5(),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol),
+        )
     assert _sample._TRACES[0] - before == 1
 
 
@@ -281,15 +366,30 @@ def test_grid_and_argument_validation():
     with pytest.raises(ValueError, match="not both"):
         sf.sample(k, p, pred, (2,), num=2, steps=3, time_grid=sf.uniform_grid(p, 3))
     with pytest.raises(ValueError, match="adaptive"):
-        sf.sample(k, p, pred, (2,), num=2, steps=3, solver=diffrax.Tsit5(),
-                  stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3))
+        sf.sample(
+            k,
+            p,
+            pred,
+            (2,),
+            num=2,
+            steps=3,
+            solver=diffrax.Tsit5(),
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3),
+        )
     with pytest.raises(ValueError, match="pass steps="):
         sf.sample(k, p, pred, (2,), num=2)
     with pytest.raises(ValueError, match="method='sde'"):
         sf.sample(k, p, pred, (2,), num=2, steps=3, eta=0.5)
     with pytest.raises(ValueError, match="fixed-step"):
-        sf.sample(k, p, pred, (2,), num=2, solver=sf.DDIM(),
-                  stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3))
+        sf.sample(
+            k,
+            p,
+            pred,
+            (2,),
+            num=2,
+            solver=sf.DDIM(),
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3),
+        )
     with pytest.raises(ValueError, match="Brownian path"):
         sf.sample(k, p, pred, (2,), num=2, steps=3, solver=sf.DDPM())
     with pytest.raises(ValueError, match="one PRNG key or a batch"):

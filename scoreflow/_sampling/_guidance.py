@@ -167,7 +167,11 @@ class ClassifierGuidedPredictor(AbstractGuidedPredictor):
 
 
 def classifier_guidance(
-    predictor, log_prob: Callable, scale: float = 1.0, *, conditional_model: bool = False
+    predictor,
+    log_prob: Callable,
+    scale: float = 1.0,
+    *,
+    conditional_model: bool = False,
 ) -> ClassifierGuidedPredictor:
     r"""Classifier guidance (Song et al. 2021; Dhariwal & Nichol 2021):
 

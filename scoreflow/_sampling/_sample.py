@@ -252,6 +252,11 @@ def _sample_impl(
                 x,
                 args=c,
                 saveat=saveat,
+                adjoint=(
+                    diffrax.ForwardMode()
+                    if (not ode and not opts.tree)
+                    else diffrax.RecursiveCheckpointAdjoint()
+                ),
                 stepsize_controller=ctrl,
                 max_steps=opts.max_steps,
                 progress_meter=opts.progress_meter or diffrax.NoProgressMeter(),
