@@ -232,8 +232,9 @@ class FokkerPlanckResult:
     """The outcome of [`scoreflow.checks.symbolic_fokker_planck`][].
 
     - `ok`: whether the residual is 0.
-    - `residual`: the simplified FP residual (in log form, multiplied by
-      $\\sigma(t)^4$ to clear denominators), a sympy expression in `sf.t`, `sf.x`,
+    - `residual`: the simplified FP residual in log form, multiplied by
+      $\mathrm{Var}_t^2$ (the variance of the candidate marginal: $\sigma(t)^4$ for
+      a point mass) to clear denominators — a sympy expression in `sf.t`, `sf.x`,
       `x_0` (point mass) or `m`, `s` (Gaussian data) and the parameter symbols;
       `0` when consistent.
     - `proof`: `"symbolic"` when sympy simplified the residual to 0 (or found it
@@ -264,7 +265,7 @@ class FokkerPlanckResult:
         lines = [
             f"Fokker-Planck check ({head}, {self.proof}): SDE {self.sde} "
             f"with kernel {self.kernel}, data {self.data}",
-            f"  residual * sigma^4 = {self.residual}",
+            f"  residual * Var_t^2 = {self.residual}",
         ]
         for k, v in self.conditions.items():
             lines.append(f"  {k} = {v}")
