@@ -40,7 +40,9 @@ def test_mlp_class_embedding_and_null_label(getkey):
         plain(0.5, x, 1)
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8)])
+@pytest.mark.parametrize(
+    "shape", [pytest.param((1, 28, 28), marks=pytest.mark.slow), (3, 8, 8)]
+)
 def test_unet(shape, getkey):
     net = sf.nets.UNet(shape[0], channels=(8, 16, 16), num_classes=10, key=getkey())
     x = jr.normal(getkey(), (2,) + shape)
