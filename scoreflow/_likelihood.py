@@ -63,6 +63,7 @@ def divergence(
     *,
     trace: str = "exact",
     probes: Array | None = None,
+    per_probe: bool = False,
 ) -> tuple[Array, Array]:
     r"""$(\,f(x),\ \nabla\cdot f(x))$ for $f: \mathbb{R}^{\text{shape}} \to
     \mathbb{R}^{\text{shape}}$, with the divergence computed by `trace`:
@@ -81,6 +82,10 @@ def divergence(
       $\mathrm{tr}(J) = \mathrm{tr}(PJ) + \mathrm{tr}((I-P)J(I-P))$ for the
       projector $P = QQ^\top$, and exact once $k \ge d$.
 
+    With `per_probe=True` the second output holds the estimate of each probe (of
+    each probe in $G$ for Hutch++; one entry for `"exact"`), whose mean is the
+    divergence.
+
     Uses `3 k` Jacobian-vector products for `hutch++` with `m = 3k` probes, `m` for
     `hutchinson`, `d` for `exact`.
     """
@@ -95,11 +100,11 @@ def divergence(
     if trace == "exact":
         eye = jnp.eye(d, dtype=flat.dtype)
         cols = jax.vmap(jvp)(eye)  # row i = J e_i
-        div = jnp.trace(cols)
+        terms = jnp.trace(cols)[None]
     elif trace == "hutchinson":
         z = probes.reshape(probes.shape[0], d)
         jz = jax.vmap(jvp)(z)
-        div = jnp.mean(jnp.sum(z * jz, axis=-1))
+        terms = jnp.sum(z * jz, axis=-1)  # one estimate per probe
     elif trace == "hutch++":
         z = probes.reshape(probes.shape[0], d)
         k = z.shape[0] // 3
@@ -111,10 +116,12 @@ def divergence(
         Gp = G - (G @ Q) @ Q.T  # rows (I - QQ^T) g_i
         JGp = jax.vmap(jvp)(Gp)
         JGp = JGp - (JGp @ Q) @ Q.T
-        div = low_rank + jnp.sum(Gp * JGp) / k
+        terms = low_rank + jnp.sum(Gp * JGp, axis=-1)  # one per probe in G
     else:  # pragma: no cover - validated by the caller
         raise ValueError(trace)
-    return out.reshape(shape), div
+    if per_probe:
+        return out.reshape(shape), terms
+    return out.reshape(shape), jnp.mean(terms)
 
 
 # --------------------------------------------------------------------------- #
@@ -129,6 +136,11 @@ class LikelihoodInfo(eqx.Module):
       terminal density).
     - `delta_log_prob`: $\\int_{t_0}^{t_1}\\nabla\\cdot v\\,dt$ (the estimate, for a
       stochastic trace).
+    - `std_error`: the standard error of a stochastic estimate from this one call:
+      the divergence integral is carried once per probe, and this is their sample
+      standard deviation over $\sqrt{m}$ ($m$ probes; for Hutch++ the $k$ probes of
+      $G$, conditional on the sketch $S$). `nan` for a single probe, 0 for
+      `"exact"`.
     - `x1`: the end point $x_{t_1}$ of the flow.
     - `num_steps`, `num_accepted_steps`, `num_rejected_steps`, `max_steps`:
       diffrax's statistics; `num_vector_field_evals` counts calls of the velocity
@@ -140,6 +152,7 @@ class LikelihoodInfo(eqx.Module):
 
     prior_log_prob: Scalar
     delta_log_prob: Scalar
+    std_error: Scalar
     x1: Array
     num_steps: Array
     num_accepted_steps: Array
@@ -306,7 +319,13 @@ def log_likelihood(
             getattr(stepsize_controller, "rtol", None),
             getattr(stepsize_controller, "atol", None),
         )
-    zero = jnp.zeros((), dtype)
+    if trace == "exact":
+        num_terms = 1
+    elif trace == "hutchinson":
+        num_terms = num_probes
+    else:
+        num_terms = num_probes // 3
+    zero = jnp.zeros((num_terms,), dtype)  # one divergence integral per probe
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_AugmentedField(velocity, trace)),
         solver,
@@ -321,7 +340,14 @@ def log_likelihood(
         saveat=diffrax.SaveAt(t1=True),
         throw=True,
     )
-    x1, delta = (leaf[0] for leaf in sol.ys)
+    x1, per_probe = (leaf[0] for leaf in sol.ys)
+    delta = jnp.mean(per_probe)
+    if num_terms > 1:
+        std_error = jnp.std(per_probe, ddof=1) / math.sqrt(num_terms)
+    elif trace == "exact":
+        std_error = jnp.zeros((), dtype)
+    else:
+        std_error = jnp.full((), jnp.nan, dtype)
     prior_lp = jnp.asarray(prior(x1)).astype(dtype)
     value = prior_lp + delta
     if not return_info:
@@ -331,6 +357,7 @@ def log_likelihood(
     info = LikelihoodInfo(
         prior_log_prob=prior_lp,
         delta_log_prob=delta,
+        std_error=std_error,
         x1=x1,
         num_steps=steps,
         num_accepted_steps=sol.stats["num_accepted_steps"],
@@ -362,13 +389,14 @@ class _AugmentedField(eqx.Module):
     def __call__(self, t, y, probes):
         xt, _ = y
         dtype = xt.dtype
-        v, div = divergence(
+        v, terms = divergence(
             lambda z: jnp.asarray(self.velocity(t, z)).astype(dtype),
             xt,
             trace=self.trace,
             probes=probes,
+            per_probe=True,
         )
-        return v, div.astype(dtype)
+        return v, terms.astype(dtype)
 
 
 def _num_stages(solver) -> int:

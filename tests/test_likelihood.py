@@ -77,6 +77,7 @@ def _check_exact(p, d, prediction="eps", seed=0):
     ll, info = _ll(None, p, pred, x, terminal, return_info=True, **TIGHT)
     assert info.result == diffrax.RESULTS.successful
     assert int(info.num_steps) > 0
+    assert float(info.std_error) == 0.0
     err = abs(float(ll - exact_t0))
     # With the exact terminal density only the ODE solve is in the error.
     assert err < 1e-6, (p, d, err)
@@ -253,6 +254,37 @@ def test_stochastic_trace_unbiased(trace, num_probes, probe):
     ) in HUTCH_RESULTS:
         # 4 probes: variance about 1/4 (with 48 samples, allow a factor 2 slack).
         assert var < HUTCH_RESULTS[("hutchinson", 1, "rademacher")] / 2
+
+
+def test_single_call_standard_error():
+    """With m probes one call carries m divergence integrals; its reported
+    standard error matches the spread of the estimate over keys (factor 2)."""
+    p = builtin("VP")
+    d, n, m = 4, 24, 8
+    gm = _mixture(d, seed=6)
+    pred = _predictor(gm, p)
+    x = gm.sample(jr.key(8), 1)[0]
+    terminal = gm.marginal(p, p.t1).log_prob
+    exact = gm.marginal(p, p.t0).log_prob(x)
+    ll, info = jax.vmap(
+        lambda k: _ll(
+            k,
+            p,
+            pred,
+            x,
+            terminal,
+            trace="hutchinson",
+            num_probes=m,
+            return_info=True,
+            rtol=1e-7,
+            atol=1e-7,
+        )
+    )(jr.split(jr.key(9), n))
+    se = np.asarray(info.std_error)
+    assert np.all(np.isfinite(se)) and np.all(se > 0)
+    spread = float(np.std(np.asarray(ll), ddof=1))
+    assert 0.5 < float(np.sqrt(np.mean(se**2))) / spread < 2.0
+    assert abs(float(np.mean(ll) - exact)) < 3 * spread / math.sqrt(n)
 
 
 # --------------------------------------------------------------------------- #
