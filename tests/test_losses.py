@@ -293,6 +293,23 @@ def test_time_sampler_normalisation_and_distribution(which, name):
         np.testing.assert_array_equal(w, 1.0)
 
 
+def test_implied_weighting_reports_the_objective():
+    """Importance sampling keeps the objective: likelihood weighting with uniform
+    time and with `LikelihoodImportance` imply the same omega(t) = g^2/sigma^2 /
+    (t1 - t0); a logit-normal sampler multiplies w by its density."""
+    p = helpers.builtin("RectifiedFlow")
+    ts = jnp.linspace(p.t0, p.t1, 13)[1:-1]
+    a = sf.dsm_loss(p, weighting="likelihood").implied_weighting(ts)
+    b = sf.dsm_loss(p, weighting="likelihood", time_sampler="likelihood")
+    np.testing.assert_allclose(b.implied_weighting(ts), a, rtol=1e-10)
+    np.testing.assert_allclose(
+        a, p.g2(ts) / p.sigma(ts) ** 2 / (p.t1 - p.t0), rtol=1e-10
+    )
+    ln = sf.LogitNormal(0.0, 1.0)
+    c = sf.dsm_loss(p, weighting="min_snr", time_sampler=ln).implied_weighting(ts)
+    np.testing.assert_allclose(c, sf.MinSNR()(p, ts) * ln.density(p, ts), rtol=1e-10)
+
+
 def test_log_normal_sigma_matches_edm_and_clamps():
     p = helpers.builtin("EDM")
     t, _ = sf.LogNormalSigma(-1.2, 1.2).sample(jr.key(6), p, 20000)

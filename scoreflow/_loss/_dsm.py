@@ -32,6 +32,20 @@ class DSMLoss(AbstractLoss):
     null_cond: object
     check_scale: bool = eqx.field(static=True)
 
+    def implied_weighting(self, t):
+        r"""The objective this loss estimates, as a weight per unit time on the
+        $\varepsilon$-MSE: $L = \int_{t_0}^{t_1} \omega(t)\,
+        \mathbb{E}\|\hat\varepsilon - \varepsilon\|^2/D\,dt$ (plus any mass the
+        time sampler clamps to the ends), with $\omega = w(t)\,p(t)\,
+        \text{importance}(t)$. Two configurations with the same $\omega$ are the
+        same objective (e.g. `"likelihood"` weighting with uniform time or with
+        `sf.LikelihoodImportance`).
+
+        **Arguments:** `t` times in $(t_0, t_1)$ ($t = 0$ is data).
+        """
+        s, p = self.time_sampler, self.process
+        return self.weighting(p, t) * s.density(p, t) * s.importance(p, t)
+
     def wrap(self, model):
         """The model as the loss sees it (EDM-preconditioned if asked)."""
         if self.precondition == "edm":

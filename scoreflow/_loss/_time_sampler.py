@@ -46,6 +46,11 @@ class AbstractTimeSampler(eqx.Module):
     def density(self, process: AbstractProcess, t):
         r"""$p(t)$ on $(t_0, t_1)$ (excluding any atom from clamping at the ends)."""
 
+    def importance(self, process: AbstractProcess, t):
+        """The per-example weight `sample` returns at time `t` (1 unless the
+        sampler does importance sampling)."""
+        return jnp.ones_like(t)
+
 
 class UniformTime(AbstractTimeSampler):
     r"""$t \sim U(t_0, t_1)$ (Song et al. 2021)."""
@@ -145,8 +150,10 @@ class LikelihoodImportance(AbstractTimeSampler):
         lo = jnp.asarray(process.log_snr(t1), dtype)
         lam = jr.uniform(key, (n,), dtype, lo, hi)
         t = jnp.clip(jnp.asarray(_t_from_log_snr(process, lam), dtype), t0, t1)
-        weight = 1.0 / (self.density(process, t) * (t1 - t0))
-        return t, weight.astype(dtype)
+        return t, self.importance(process, t).astype(dtype)
+
+    def importance(self, process, t):
+        return 1.0 / (self.density(process, t) * (process.t1 - process.t0))
 
     def density(self, process, t):
         hi = process.log_snr(process.t0)
