@@ -630,6 +630,7 @@ def _mp_evaluators(d: _derive.Derivation, subs):
     return out
 
 
+@_derive.disk_cached
 def _endpoint_value(expr, point, direction):
     """The value of `expr` at `point`, or its one-sided limit where it is singular."""
     v = _derive.try_sympy(lambda: expr.subs(_derive.t, point), 2.0)
@@ -859,7 +860,8 @@ def _validate_grid(call, d, fns, params, t0, t1, gaussian, mp):
         for name in names:
             if name not in fns:
                 continue
-            vals = np.asarray(jax.vmap(lambda s: fns32[name](s, params32))(ts))
+            # Coefficients are elementwise in t: one eager call on the whole grid.
+            vals = np.asarray(fns32[name](ts, params32))
             bad = ~np.isfinite(vals)
             if bad.any():
                 i = int(np.argmax(bad))
@@ -895,17 +897,22 @@ def _validate_grid(call, d, fns, params, t0, t1, gaussian, mp):
 
 def _check_g2(call, d, g2_expr, grid):
     """Exact (30-digit) evaluation: a negative value is a proof that g^2 < 0."""
-    for tv in grid[:: max(1, len(grid) // 64)]:
-        with mpmath.workdps(30):
-            v = _to_float(g2_expr.subs(_derive.t, sympy.Rational(repr(float(tv)))))
-        if v < 0 and abs(v) > 1e-20:
-            raise ValueError(
-                f"`{call}`: the implied squared diffusion g^2(t) = {d.g2} is negative "
-                f"at t = {tv:.6g} (g^2 = {v:.4g}). For an interpolant g^2 = (sigma^2)' - "
-                "2 (alpha'/alpha) sigma^2 must be >= 0: sigma must grow at least as fast "
-                "as alpha shrinks (e.g. sigma^2 = 1 - alpha^2 for a variance-preserving "
-                "path)."
-            )
+    fn = sympy.lambdify(_derive.t, g2_expr, modules="mpmath")
+    with mpmath.workdps(30):
+        for tv in grid[:: max(1, len(grid) // 64)]:
+            try:
+                c = complex(fn(mpmath.mpf(float(tv))))
+            except (ZeroDivisionError, ValueError, TypeError, OverflowError):
+                continue
+            v = c.real if abs(c.imag) <= 1e-20 * max(1.0, abs(c.real)) else math.nan
+            if v < 0 and abs(v) > 1e-20:
+                raise ValueError(
+                    f"`{call}`: the implied squared diffusion g^2(t) = {d.g2} is negative "
+                    f"at t = {tv:.6g} (g^2 = {v:.4g}). For an interpolant g^2 = (sigma^2)' - "
+                    "2 (alpha'/alpha) sigma^2 must be >= 0: sigma must grow at least as fast "
+                    "as alpha shrinks (e.g. sigma^2 = 1 - alpha^2 for a variance-preserving "
+                    "path)."
+                )
 
 
 def _check_nonneg(g, param_symbols, params, call, what, t1):

@@ -9,8 +9,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import math
+import os
+import pathlib
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -23,9 +27,68 @@ from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
 from .._symbols import t, tau, x
 
-SYMPY_TIMEOUT = 5.0
+SYMPY_TIMEOUT = 8.0
 """Seconds sympy may spend on one integral, limit or solve before scoreflow falls
 back to numerics (only enforced in the main thread, where SIGALRM is available)."""
+
+
+def _cache_dir():
+    """Where derivations are cached across Python processes (`SCOREFLOW_CACHE_DIR`,
+    default `~/.cache/scoreflow`; set it to an empty string to disable)."""
+    d = os.environ.get("SCOREFLOW_CACHE_DIR")
+    if d == "":
+        return None
+    return pathlib.Path(d) if d else pathlib.Path.home() / ".cache" / "scoreflow"
+
+
+def disk_cached(fn):
+    """Memoise a pure sympy function in memory and on disk (pickle), keyed by the
+    `srepr` of its arguments and the sympy version. Any cache failure is ignored."""
+    memo: dict = {}
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        key = hashlib.sha256(
+            repr(
+                (
+                    fn.__qualname__,
+                    _CACHE_VERSION,
+                    sympy.__version__,
+                    [
+                        sympy.srepr(a) if isinstance(a, sympy.Basic) else repr(a)
+                        for a in args
+                    ],
+                )
+            ).encode()
+        ).hexdigest()
+        if key in memo:
+            return memo[key]
+        d = _cache_dir()
+        path = None if d is None else d / f"{fn.__name__}-{key[:32]}.pkl"
+        if path is not None and path.exists():
+            try:
+                with open(path, "rb") as fh:
+                    memo[key] = pickle.load(fh)
+                return memo[key]
+            except Exception:
+                pass
+        out = fn(*args)
+        memo[key] = out
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                with open(tmp, "wb") as fh:
+                    pickle.dump(out, fh)
+                os.replace(tmp, path)
+            except Exception:
+                pass
+        return out
+
+    return wrapper
+
+
+_CACHE_VERSION = 2  # bump when a derivation's logic changes
 
 
 class _Timeout(BaseException):
@@ -74,6 +137,74 @@ def _generic_branch(expr):
         return sympy.Piecewise(*args)
 
     return expr.replace(sympy.Piecewise, pick)
+
+
+def _abstract_constants(expr, var):
+    """Replace each maximal `var`-free compound subexpression (e.g. log(smax/smin))
+    by a dummy symbol, so sympy's integrator sees `C * exp(k * tau)` rather than
+    symbolic powers. Returns the new expression and the back-substitution."""
+    reps: dict = {}
+
+    def visit(e):
+        if e.is_Atom:
+            return e
+        if not e.has(var) and e.free_symbols:
+            if e not in reps:
+                reps[e] = sympy.Dummy(positive=e.is_positive, real=e.is_real)
+            return reps[e]
+        return e.func(*[visit(a) for a in e.args])
+
+    return visit(expr), {d: e for e, d in reps.items()}
+
+
+def _integrate(integrand, var, upper):
+    """Definite integral from 0 to `upper`, or None (no closed form / out of time).
+    Tries the integrand as given, then with its constants abstracted."""
+    out = _generic_branch(
+        try_sympy(lambda: sympy.integrate(integrand, (var, 0, upper)))
+    )
+    if out is not None and not out.has(sympy.Integral, sympy.Piecewise):
+        return out
+    abstract, back = _abstract_constants(sympy.powsimp(integrand, combine="exp"), var)
+    out = _generic_branch(try_sympy(lambda: sympy.integrate(abstract, (var, 0, upper))))
+    if out is None or out.has(sympy.Integral, sympy.Piecewise):
+        return None
+    return out.xreplace(back)
+
+
+def _verified(f, g2, alpha, sigma2) -> bool:
+    """Check the kernel ODEs alpha' = f alpha and (sigma^2)' = 2 f sigma^2 + g^2, and
+    alpha(0) = 1, sigma^2(0) = 0, at sample points in 30-digit arithmetic (parameters
+    set to arbitrary positive values): a guard against a wrong closed form."""
+    others = sorted(
+        (alpha.free_symbols | sigma2.free_symbols | f.free_symbols | g2.free_symbols)
+        - {t},
+        key=str,
+    )
+    vals = {s: sympy.Rational(7 + 3 * i, 10) for i, s in enumerate(others)}
+    checks = (
+        sympy.diff(alpha, t) - f * alpha,
+        sympy.diff(sigma2, t) - 2 * f * sigma2 - g2,
+    )
+    scales = (alpha, g2)
+    try:
+        with mpmath.workdps(30):
+            for tv in (
+                sympy.Rational(1, 7),
+                sympy.Rational(1, 2),
+                sympy.Rational(6, 7),
+            ):
+                at = {**vals, t: tv}
+                for chk, scale in zip(checks, scales):
+                    r = abs(complex(chk.subs(at).evalf(30)))
+                    m = abs(complex(scale.subs(at).evalf(30))) + 1e-30
+                    if not r <= 1e-15 * m:
+                        return False
+            a0 = complex(alpha.subs({**vals, t: 0}).evalf(30))
+            s0 = complex(sigma2.subs({**vals, t: 0}).evalf(30))
+            return abs(a0 - 1) < 1e-20 and abs(s0) < 1e-20
+    except (TypeError, ValueError, ZeroDivisionError):
+        return False
 
 
 def _has_unevaluated(expr) -> bool:
@@ -203,34 +334,51 @@ def _linear_part(drift: sympy.Expr) -> tuple[sympy.Expr | None, str]:
     return _simplify(sympy.diff(drift, x)), ""
 
 
-@functools.lru_cache(maxsize=256)
+def _complete(d: Derivation) -> Derivation:
+    """Compute the derived properties now, so they are cached (and pickled) with it."""
+    for name in ("sigma", "log_snr", "alpha_dot", "sigma_dot"):
+        getattr(d, name)
+    return d
+
+
+@disk_cached
 def derive_from_sde(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
+    """The full derivation from (f, g), cached in memory and on disk."""
+    return _complete(_derive_from_sde(drift, g))
+
+
+@disk_cached
+def derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
+    """The full derivation from (alpha, sigma), cached in memory and on disk."""
+    return _complete(_derive_from_interpolant(alpha, sigma))
+
+
+def _derive_from_sde(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
     """alpha = exp(∫_0^t f),  sigma² = alpha² ∫_0^t g²/alpha²."""
     g2 = sympy.powsimp(sympy.expand(g**2))
     f, reason = _linear_part(drift)
     if f is None:
         return Derivation("sde", drift, g2, None, None, None, False, reason)
-    A = _generic_branch(try_sympy(lambda: sympy.integrate(f.subs(t, tau), (tau, 0, t))))
+    A = _integrate(f.subs(t, tau), tau, t)
     if _has_unevaluated(A):
         alpha = sympy.exp(sympy.Integral(f.subs(t, tau), (tau, 0, t)))
         sigma2 = alpha**2 * sympy.Integral((g2 / alpha**2).subs(t, tau), (tau, 0, t))
         return Derivation("sde", drift, g2, f, alpha, sigma2, False, "")
     A = _simplify(A)
     alpha = _simplify(sympy.exp(A))
-    integrand = _simplify((g2 * sympy.exp(-2 * A)).subs(t, tau))
-    I = _generic_branch(try_sympy(lambda: sympy.integrate(integrand, (tau, 0, t))))
+    integrand = sympy.powsimp(g2 * sympy.exp(-2 * A), combine="exp").subs(t, tau)
+    I = _integrate(integrand, tau, t)
     if _has_unevaluated(I):
         sigma2 = alpha**2 * sympy.Integral(integrand, (tau, 0, t))
         return Derivation("sde", drift, g2, f, alpha, sigma2, False, "")
     sigma2 = sympy.expand(sympy.exp(2 * A) * I)
-    if sigma2.has(sympy.Piecewise):
+    if sigma2.has(sympy.Piecewise) or not _verified(f, g2, alpha, sigma2):
         sigma2 = alpha**2 * sympy.Integral(integrand, (tau, 0, t))
         return Derivation("sde", drift, g2, f, alpha, sigma2, False, "")
     return Derivation("sde", drift, g2, f, alpha, sigma2, True, "")
 
 
-@functools.lru_cache(maxsize=256)
-def derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
+def _derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
     """f = alpha'/alpha,  g² = (sigma²)' - 2 f sigma²."""
     sigma2 = _simplify(sigma**2)
     f = _simplify(sympy.diff(alpha, t) / alpha)
@@ -316,10 +464,25 @@ _STABLE_CACHE: dict = {}
 
 
 def _stable_form_cached(expr, hints, T, subs):
+    # Keyed without the parameter values: new values reuse the chosen form.
     key = (expr, hints, T)
     if key not in _STABLE_CACHE:
-        _STABLE_CACHE[key] = _choose_form(expr, subs, T, hints)
+        _STABLE_CACHE[key] = _choose_form_disk(expr, hints, T, subs)
     return _STABLE_CACHE[key]
+
+
+def _choose_form_disk(expr, hints, T, subs):
+    return _choose_form_by_key(
+        expr, hints, T, _first_subs.setdefault((expr, hints, T), subs)
+    )
+
+
+_first_subs: dict = {}
+
+
+@disk_cached
+def _choose_form_by_key(expr, hints, T, subs):
+    return _choose_form(expr, subs, T, hints)
 
 
 GOOD_ENOUGH = 1e-6  # float32 relative error at which the search for forms stops
