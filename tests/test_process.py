@@ -395,3 +395,12 @@ def test_non_finite_schedule_rejected():
     # sigma(t) = t / (t - 0.5) blows up inside [t0, t1]
     with pytest.raises(ValueError, match="non-finite|negative|positive"):
         sf.Interpolant(alpha=1, sigma=sf.t / (0.5 - sf.t) ** 2, t0=0.1, t1=0.9)
+
+
+@pytest.mark.parametrize("name", ["VP", "RectifiedFlow"])
+def test_t_from_log_snr_with_traced_process(name):
+    p = builtin(name)
+    lam = jnp.array([-3.0, 0.0, 3.0])
+    traced = eqx.filter_jit(lambda q, l: q.t_from_log_snr(l))(p, lam)
+    np.testing.assert_allclose(traced, p.t_from_log_snr(lam), rtol=1e-10)
+    np.testing.assert_allclose(p.log_snr(traced), lam, atol=1e-8)

@@ -267,10 +267,7 @@ class AbstractDeclaredProcess(AbstractProcess):
         lam = jnp.asarray(lam, dtype=jnp.result_type(float))
         d = self._info.derivation
         if d is not None and d.log_snr is not None:
-            subs = tuple(
-                (s, _as_number(self.params[s.name])) for s in self._info.param_symbols
-            )
-            inv = _inverse_log_snr(d.log_snr, subs)
+            inv = _inverse_for(d.log_snr, self.params, self._info.param_symbols)
             if inv is not None:
                 return inv(lam, self.params)
         return _bisect_time(self.log_snr, lam, self._info.horizon)
@@ -591,6 +588,23 @@ def build_numeric(*, call: str, fns: dict, gaussian_reason: str, t0, t1):
             gaussian_reason,
         )
     return _finish(call, d, (), {}, fns, t0, t1, horizon, None)
+
+
+_INVERSES: dict = {}
+
+
+def _inverse_for(lam, params, param_symbols):
+    """The closed-form inverse for this log-SNR expression, or None. The compiled
+    inverse keeps the parameters symbolic; concrete parameter values are only used
+    (once) to pick sympy's branch, so this also works with traced parameters."""
+    if lam in _INVERSES:
+        return _INVERSES[lam]
+    try:
+        subs = tuple((s, _as_number(params[s.name])) for s in param_symbols)
+    except Exception:  # traced parameters (inside jit): no branch check possible
+        return None
+    _INVERSES[lam] = _inverse_log_snr(lam, subs)
+    return _INVERSES[lam]
 
 
 @functools.lru_cache(maxsize=128)
