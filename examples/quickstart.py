@@ -8,9 +8,9 @@ reverse SDE.
 Figures (in examples/figures/, or $SCOREFLOW_FIGURES): quickstart_samples.png,
 quickstart_trajectories.png.
 
-Measured on the shared 2-core CPU box (load ~5 from other jobs), `time python ...`:
-smoke ~35 s, full ~2.5 min (see the report in docs/examples.md). The committed
-figures come from the full run.
+Measured with `time PYTHONPATH=. python examples/quickstart.py [--smoke]` on the
+shared 2-core CPU machine (other jobs running, load 3-8): smoke 31 s; full 1 min 16 s
+at load ~3, 3 min 3 s at load ~8. The committed figures come from the full run.
 """
 
 import os

@@ -17,9 +17,9 @@ The figure shows, over the (t, x) plane,
     python examples/two_points_1d.py [--smoke]
 
 Figure: examples/figures/two_points_1d.png (or $SCOREFLOW_FIGURES).
-Measured (`time python examples/two_points_1d.py`, shared 2-core CPU): see the
-report in docs/examples.md. Exact, so full and smoke differ only in grid sizes.
-The committed figure is from the full run.
+Measured with `time PYTHONPATH=. python examples/two_points_1d.py [--smoke]` on the
+shared 2-core CPU machine (other jobs running): smoke 17 s, full 53 s. Exact, so
+full and smoke differ only in grid sizes. The committed figure is from the full run.
 """
 
 import os
