@@ -130,7 +130,7 @@ def divergence(
 
 
 class LikelihoodInfo(eqx.Module):
-    """What [`scoreflow.log_likelihood`][] did, returned with `return_info=True`.
+    r"""What [`scoreflow.log_likelihood`][] did, returned with `return_info=True`.
 
     - `prior_log_prob`: $\\log p_{t_1}(x_{t_1})$ under the prior (or the given
       terminal density).

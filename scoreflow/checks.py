@@ -229,7 +229,7 @@ def reverse_fokker_planck_residual(
 
 @dataclasses.dataclass(frozen=True)
 class FokkerPlanckResult:
-    """The outcome of [`scoreflow.checks.symbolic_fokker_planck`][].
+    r"""The outcome of [`scoreflow.checks.symbolic_fokker_planck`][].
 
     - `ok`: whether the residual is 0.
     - `residual`: the simplified FP residual in log form, multiplied by
