@@ -295,7 +295,10 @@ def fit(
     - `optimizer`: an optax transformation; default
       `chain(clip_by_global_norm(1), adam(learning_rate))` (`learning_rate` may be
       an optax schedule).
-    - `ema_decay`: EMA of the weights, returned as `result.ema`.
+    - `ema_decay`: EMA of the weights, returned as `result.ema`. The EMA starts
+      from the initial weights with no bias correction, so after `n` steps a
+      fraction `ema_decay**n` of it is still the untrained network: for short runs
+      pick `ema_decay` well below `1 - 1/steps` (e.g. 0.995 for ~1500 steps).
     - `checkpoint`, `checkpoint_every`: a file path; the full `TrainState` plus
       metadata (from `loss.metadata()` where the loss has it, updated by
       `metadata`) is written every `checkpoint_every` steps and at the end.
