@@ -17,7 +17,9 @@ EXAMPLES = ROOT / "examples"
 CASES = [
     pytest.param("two_points_1d.py", ["two_points_1d.png"], id="two_points_1d"),
     pytest.param("cfg_2d.py", ["cfg_2d.png"], id="cfg_2d"),
-    pytest.param("likelihood.py", ["likelihood.png"], id="likelihood"),
+    pytest.param(
+        "likelihood.py", ["likelihood.png"], id="likelihood", marks=pytest.mark.slow
+    ),
     pytest.param(
         "quickstart.py",
         ["quickstart_samples.png", "quickstart_trajectories.png"],

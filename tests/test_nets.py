@@ -52,6 +52,7 @@ def test_unet(shape, getkey):
         net(0.1, jnp.ones(shape[1:] + shape[:1]))
 
 
+@pytest.mark.slow
 def test_unet_trains_with_a_loss(getkey):
     p = helpers.builtin("EDM")
     net = sf.nets.UNet(1, channels=(8, 8, 8), key=getkey())

@@ -210,7 +210,9 @@ def test_callables_match_symbolic():
     np.testing.assert_allclose(interp.f(ts), rf.f(ts), rtol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["VP", "CosineVP", "RectifiedFlow"])
+@pytest.mark.parametrize(
+    "name", ["VP", pytest.param("CosineVP", marks=pytest.mark.slow), "RectifiedFlow"]
+)
 def test_sde_interpolant_round_trip(name):
     p = builtin(name)
     q = p.as_interpolant().as_sde()
