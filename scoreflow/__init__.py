@@ -1,4 +1,5 @@
 """scoreflow: declarative SDE/ODE mathematics for diffusion and flow matching, in JAX."""
+# ruff: noqa: I001  (re-exports are grouped by concept, not alphabetically)
 
 import importlib.metadata
 
