@@ -9,6 +9,7 @@ the same field as combining scores, $\varepsilon$'s, $x_0$'s or velocities.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +43,9 @@ class AbstractGuidedPredictor(eqx.Module):
     def null_cond(self):
         return self.predictor.null_cond
 
-    def hub(self, t, x, cond=None):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def hub(self, t, x, cond=None):
+        r"""The guided pair $(\hat x_0, \hat\varepsilon)$."""
 
     def _as(self, target, t, x, cond):
         x = jnp.asarray(x)
