@@ -8,6 +8,14 @@ from ._common import (
     standardize as standardize,
 )
 from ._dsm import DSMLoss as DSMLoss, dsm_loss as dsm_loss
+from ._elbo import (
+    ELBO as ELBO,
+    ELBOLoss as ELBOLoss,
+    ScheduledModel as ScheduledModel,
+    elbo as elbo,
+    elbo_loss as elbo_loss,
+    learned_schedule as learned_schedule,
+)
 from ._ssm import (
     SSMLoss as SSMLoss,
     simulate_forward as simulate_forward,
