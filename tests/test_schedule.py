@@ -162,3 +162,34 @@ def test_end_point_gradient_has_the_right_sign():
     want_lmax = want_max + dlmin
     assert float(g["log_snr_max"]) == pytest.approx(want_lmax, rel=0.15, abs=0.01)
     assert float(g["log_range"]) == pytest.approx(want_rho, rel=0.15, abs=0.01)
+
+
+@pytest.mark.slow
+def test_learned_schedule_improves_the_bound_on_the_ring():
+    """Same network, same keys, 3000 steps, from a narrow start (log-SNR in [-2, 6]):
+    learning the schedule lowers the held-out bound by more than 3 paired standard
+    errors."""
+    ring = sf.toy.ring_mixture()
+    data, scaler = sf.standardize(ring.sample(jr.key(0), 20_000))
+    test = scaler(ring.sample(jr.key(1), 2000))
+    sched = sf.learned_schedule(log_snr_max=6.0, log_snr_min=-2.0)
+    loss = sf.elbo_loss(sched)
+    totals = {}
+    for name in ("fixed", "learned"):
+        net = sf.nets.MLP(2, key=jr.key(2))
+        model = net if name == "fixed" else sf.ScheduledModel(net, sched)
+        fit = sf.train.fit(
+            loss, model, data, key=jr.key(3), steps=3000, batch_size=512,
+            learning_rate=2e-3, ema_decay=0.995, progress=False,
+        )
+        m = fit.ema
+        net, proc = (m, sched) if name == "fixed" else (m.model, m.process)
+        pred = sf.Predictor(net, proc, prediction="eps")
+        res = eqx.filter_jit(
+            jax.vmap(lambda k, x: sf.elbo(k, proc, pred, x, num_times=64))
+        )(jr.split(jr.key(4), test.shape[0]), test)
+        totals[name] = res.total
+    diff = totals["fixed"] - totals["learned"]
+    gain, se = float(jnp.mean(diff)), float(jnp.std(diff)) / math.sqrt(diff.shape[0])
+    print(f"bound gain {gain:.4f} +- {se:.4f} nats/example")
+    assert gain > 3 * se
