@@ -9,8 +9,15 @@ Reports, in one process, float32 on whatever `jax.devices()` gives:
 (b) wall time of `sf.sample` vs a hand-written jitted `lax.scan` of the same steps
     (same process functions, same MLP), and vs the `diffeqsolve` route.
 (c) first-call (trace + compile) time of each.
+(d) a trivial SDE (the reverse SDE of a stationary Ornstein-Uhlenbeck process is
+    dx = -x ds + dW): loop and noise overhead of `sf.sample` next to hand-written
+    `lax.scan` loops (pre-drawn increments, per-path `fold_in` keys, per-path
+    `diffrax.UnsafeBrownianPath`) and plain `diffrax.diffeqsolve` with
+    `UnsafeBrownianPath` / `VirtualBrownianTree` (diffrax#517's ~80x case); CPU time,
+    median of interleaved repeats (`--only-trivial`).
 
-Prints Markdown tables (pasted into docs/benchmarks.md).
+Prints Markdown tables (pasted into docs/benchmarks.md). `--only-a NAME...` re-runs
+table (a) for the named samplers only.
 """
 
 import argparse
@@ -20,6 +27,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import lineax as lx
 import numpy as np
 
 import scoreflow as sf
@@ -51,8 +59,9 @@ def samplers(p):
         "DPM-Solver++(2M)": lambda n: dict(
             solver=sf.DPMSolverPP2M(), time_grid=sf.log_snr_grid(p, n)
         ),
+        # 2N - 1 evaluations for N steps (the last step is Euler), as in EDM.
         "EDM Heun": lambda n: dict(
-            solver=sf.EDMHeun(), time_grid=sf.edm_grid(p, max(n // 2, 1))
+            solver=sf.EDMHeun(), time_grid=sf.edm_grid(p, max((n + 1) // 2, 1))
         ),
         "Euler-Maruyama (SDE)": lambda n: dict(
             method="sde", solver=diffrax.Euler(), steps=n
@@ -239,6 +248,189 @@ def table_bc(p, num, steps, reps):
     return rows
 
 
+# ---- (d) a trivial SDE: loop and noise overhead, not model cost --------------
+
+
+def _median_cpu(fns, reps):
+    """First-call wall time of each, then the median over `reps` interleaved runs of
+    the process CPU time (all threads of this process) and of the wall time."""
+    first = []
+    for fn in fns:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        first.append(time.perf_counter() - t0)
+    cpu = [[] for _ in fns]
+    wall = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, c, w in zip(fns, cpu, wall):
+            c0, w0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(fn())
+            c.append(time.process_time() - c0)
+            w.append(time.perf_counter() - w0)
+    return [(f, np.median(c), np.median(w)) for f, c, w in zip(first, cpu, wall)]
+
+
+def trivial_sde_cases(num, steps, d=2):
+    """The reverse SDE of an Ornstein-Uhlenbeck process at stationarity is itself
+    trivial: forward $dx = -x\,dt + dW$ with data $N(0, I/2)$ has marginals
+    $N(0, I/2)$ and score $-2x$, so in flipped time the reverse SDE is
+    $dx = -x\,ds + dW_s$. Every variant integrates exactly that with
+    Euler-Maruyama over the same `steps`-step grid, for `num` paths in `d`
+    dimensions, and returns the end points `(num, d)`. All per-path variants derive
+    path i's keys as `sf.sample` does (`fold_in(key, i)`, split into initial-noise
+    and Brownian keys), so those that also use diffrax's `UnsafeBrownianPath` compute
+    the same numbers as `sf.sample`."""
+    # t1 = 4: the prior N(0, sigma(t1)^2) is the stationary N(0, 1/2) to 2e-4.
+    p = sf.SDE(-sf.x, 1, t1=4.0)
+    pred = sf.Predictor(lambda t, x: -2.0 * x, p, prediction="score")
+    grid = sf.uniform_grid(p, steps)
+    s_grid = p.t1 - grid  # flipped time, increasing
+    key = jr.key(1)
+    sigma1 = p.sigma(grid[0])
+
+    def em(x, ds, dw):
+        return x - x * ds + dw
+
+    def path_keys(key):
+        keys = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(num))
+        nk, bk = jax.vmap(jr.split, out_axes=1)(keys)
+        x = jax.vmap(lambda k: sigma1 * jr.normal(k, (d,)))(nk)
+        return x, bk
+
+    @jax.jit
+    def hand_bulk(key):
+        # One vectorised draw of every increment, then the loop: diffrax#517's
+        # baseline. The noise of path i depends on the batch size.
+        kx, kz = jr.split(key)
+        x = sigma1 * jr.normal(kx, (num, d))
+        zs = jr.normal(kz, (steps, num, d))
+
+        def body(x, inp):
+            ds, z = inp
+            return em(x, ds, jnp.sqrt(ds) * z), None
+
+        return jax.lax.scan(body, x, (jnp.diff(s_grid), zs))[0]
+
+    @jax.jit
+    def hand_fold_in(key):
+        # Per-path keys (path i depends on its own key only), one fold_in + normal
+        # per step: the cheapest noise with sf.sample's reproducibility contract.
+        x, bk = path_keys(key)
+
+        def body(x, inp):
+            ds, i = inp
+            z = jax.vmap(lambda k: jr.normal(jr.fold_in(k, i), (d,)))(bk)
+            return em(x, ds, jnp.sqrt(ds) * z), None
+
+        return jax.lax.scan(body, x, (jnp.diff(s_grid), jnp.arange(steps)))[0]
+
+    @jax.jit
+    def hand_diffrax_noise(key):
+        # The same loop, increments from diffrax.UnsafeBrownianPath (what sf.sample
+        # uses with brownian="increments").
+        x, bk = path_keys(key)
+        bms = jax.vmap(lambda k: diffrax.UnsafeBrownianPath((d,), k))(bk)
+
+        def body(x, ss):
+            s0, s1 = ss
+            dw = jax.vmap(lambda bm: bm.evaluate(s0, s1))(bms)
+            return em(x, s1 - s0, dw), None
+
+        return jax.lax.scan(body, x, (s_grid[:-1], s_grid[1:]))[0]
+
+    kw = dict(num=num, method="sde", solver=diffrax.Euler(), time_grid=grid)
+
+    def sf_scan():
+        return sf.sample(key, p, pred, (d,), **kw)
+
+    sf_jitted = jax.jit(lambda key: sf.sample(key, p, pred, (d,), **kw))
+
+    def sf_diffeqsolve():
+        return sf.sample(
+            key, p, pred, (d,), progress_meter=diffrax.NoProgressMeter(), **kw
+        )
+
+    def plain(tree: bool):
+        # What a diffrax user writes: terms, a Brownian path per path, diffeqsolve
+        # over the fixed grid (StepTo), vmapped over paths.
+        def one(x0, kb):
+            s0, s1 = s_grid[0], s_grid[-1]
+            if tree:
+                bm = diffrax.VirtualBrownianTree(
+                    s0, s1, tol=(s1 - s0) / steps / 4, shape=(d,), key=kb
+                )
+            else:
+                bm = diffrax.UnsafeBrownianPath(shape=(d,), key=kb)
+            terms = diffrax.MultiTerm(
+                diffrax.ODETerm(lambda s, y, args: -y),
+                diffrax.ControlTerm(
+                    lambda s, y, args: lx.DiagonalLinearOperator(jnp.ones_like(y)), bm
+                ),
+            )
+            sol = diffrax.diffeqsolve(
+                terms,
+                diffrax.Euler(),
+                s0,
+                s1,
+                None,
+                x0,
+                saveat=diffrax.SaveAt(t1=True),
+                stepsize_controller=diffrax.StepTo(ts=s_grid),
+                # UnsafeBrownianPath needs a non-checkpointing adjoint.
+                adjoint=(
+                    diffrax.RecursiveCheckpointAdjoint()
+                    if tree
+                    else diffrax.ForwardMode()
+                ),
+                max_steps=steps,
+            )
+            return sol.ys[-1]
+
+        fn = jax.jit(lambda key: jax.vmap(one)(*path_keys(key)))
+        return lambda: fn(key)
+
+    return {
+        "hand-written `lax.scan`, all increments pre-drawn in one call": (
+            lambda: hand_bulk(key)
+        ),
+        "hand-written `lax.scan`, per-path keys, `fold_in` + `normal` per step": (
+            lambda: hand_fold_in(key)
+        ),
+        "hand-written `lax.scan`, per-path `diffrax.UnsafeBrownianPath`": (
+            lambda: hand_diffrax_noise(key)
+        ),
+        "`sf.sample` (fixed-grid scan path)": sf_scan,
+        "`jax.jit(sf.sample)`": lambda: sf_jitted(key),
+        "`sf.sample` via `diffeqsolve` (`progress_meter=`)": sf_diffeqsolve,
+        "plain `diffeqsolve` + `UnsafeBrownianPath` (StepTo)": plain(False),
+        "plain `diffeqsolve` + `VirtualBrownianTree` (StepTo)": plain(True),
+    }
+
+
+def table_d(num, steps, reps):
+    names = list(trivial_sde_cases(num, steps))
+    cases = trivial_sde_cases(num, steps)
+    res = _median_cpu(list(cases.values()), reps)
+    ends = {k: f() for k, f in cases.items()}
+    ref = ends["`sf.sample` (fixed-grid scan path)"]
+    bulk, fold = res[0][1], res[1][1]
+    rows = [
+        f"\nTrivial SDE $dx = -x\\,ds + dW$ ($d = 2$), {num} path(s), {steps} "
+        f"Euler-Maruyama steps, float32; median of {reps} interleaved runs\n",
+        "| variant | CPU / wall per call | CPU vs pre-drawn scan | CPU vs `fold_in` "
+        "scan | first call | max abs diff to `sf.sample` |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, (first, c, w) in zip(names, res):
+        diff = float(jnp.max(jnp.abs(ends[name] - ref)))
+        rows.append(
+            f"| {name} | {c * 1e3:.2f} / {w * 1e3:.2f} ms | {c / bulk:.2f} | "
+            f"{c / fold:.2f} | {first:.2f} s | {diff:.1e} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--num", type=int, default=2000)
@@ -246,6 +438,13 @@ def main():
     ap.add_argument("--bench-num", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--only-trivial", action="store_true", help="only table (d)")
+    ap.add_argument(
+        "--only-a", nargs="+", default=None, help="only table (a), these samplers"
+    )
+    ap.add_argument("--trivial-num", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--trivial-steps", type=int, default=1000)
+    ap.add_argument("--trivial-reps", type=int, default=21)
     args = ap.parse_args()
     print(
         f"jax {jax.__version__}, diffrax {diffrax.__version__}, devices "
@@ -254,6 +453,18 @@ def main():
     )
     p = sf.VP()
     out = []
+    if args.only_a:
+        nfes = (5, 10, 20, 50)
+        ring, mix = toy.ring_mixture(), mixture_32d(jr.key(3))
+        out += table_a(p, ring, "2-D ring (8 Gaussians)", args.num, nfes, args.only_a)
+        out += table_a(p, mix, "32-D mixture", args.num, nfes, args.only_a)
+        print("\n".join(out))
+        return
+    for num in args.trivial_num:
+        out += table_d(num, args.trivial_steps, args.trivial_reps)
+    if args.only_trivial:
+        print("\n".join(out))
+        return
     out += table_bc(p, args.bench_num, args.steps, args.reps)
     if not args.skip_a:
         nfes = (5, 10, 20, 50)

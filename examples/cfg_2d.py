@@ -12,7 +12,9 @@ tighter, over-separated clusters, and less of each class's spread.
 Figure: examples/figures/cfg_2d.png (or $SCOREFLOW_FIGURES). No training, so full and
 smoke differ only in sample counts and steps. Measured with `time PYTHONPATH=. python
 examples/cfg_2d.py [--smoke]` on the shared 2-core CPU machine (other jobs running):
-smoke 20 s, full 1 min 36 s. The committed figure is from the full run.
+smoke 38 s at load ~14 (9 s of CPU time; timed with
+XLA_FLAGS=--xla_backend_optimization_level=0, as tests/test_examples.py runs it), full
+1 min 36 s. The committed figure is from the full run.
 """
 
 import os

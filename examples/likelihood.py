@@ -11,10 +11,13 @@ reproduce the true log-density log p_t0(x) = data.marginal(process, t0).log_prob
 
     python examples/likelihood.py [--smoke]
 
-Figure: examples/figures/likelihood.png (or $SCOREFLOW_FIGURES). No training.
+Figure: examples/figures/likelihood.png (or $SCOREFLOW_FIGURES). No training. Smoke
+mode: 24 points, tolerance 1e-4 and Heun (a much smaller compile than Tsit5).
 Measured with `time PYTHONPATH=. python examples/likelihood.py [--smoke]` on the shared
-2-core CPU machine (other jobs running, load ~7): smoke 31 s, full 4 min 2 s. The
-committed figure is from the full run.
+2-core CPU machine (other jobs running): smoke 51 s at load ~13 (13 s of CPU time;
+timed with XLA_FLAGS=--xla_backend_optimization_level=0, as tests/test_examples.py
+runs it), full 1 min 2 s at load ~10 (16 s of CPU time; an earlier session measured 4 min 2 s
+at load ~7). The committed figure is from the full run.
 """
 
 import functools
@@ -23,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -55,20 +59,25 @@ def main():
     n = 24 if SMOKE else 200
     k_x, k_h1, k_h8 = jr.split(jr.key(0), 3)
     xs = data.sample(k_x, n)
-    true = jax.vmap(truth_at_t0.log_prob)(xs)
+    true_log_prob = jax.jit(jax.vmap(truth_at_t0.log_prob))
+    true = true_log_prob(xs)
 
     rtol = atol = 1e-4 if SMOKE else 1e-5
+    # smoke: Heun (2 stages) compiles much faster than Tsit5 (6 stages)
+    solver = diffrax.Heun() if SMOKE else diffrax.Tsit5()
+    solver_name = type(solver).__name__
 
     @jax.jit
     def exact(xs):
         return jax.vmap(lambda x: sf.log_likelihood(
-            None, process, predictor, x, trace="exact", rtol=rtol, atol=atol))(xs)
+            None, process, predictor, x, trace="exact", solver=solver, rtol=rtol,
+            atol=atol))(xs)
 
     @functools.partial(jax.jit, static_argnums=2)
     def hutch(keys, xs, probes):
         return jax.vmap(lambda k, x: sf.log_likelihood(
             k, process, predictor, x, trace="hutchinson", num_probes=probes,
-            rtol=rtol, atol=atol))(keys, xs)
+            solver=solver, rtol=rtol, atol=atol))(keys, xs)
 
     ll_exact = exact(xs)
     ll_h1 = hutch(jr.split(k_h1, n), xs, 1)
@@ -84,7 +93,7 @@ def main():
     ax = axes[0]
     g = np.linspace(-2.5, 2.5, 60 if SMOKE else 150)
     X, Y = np.meshgrid(g, g)
-    logp = jax.vmap(truth_at_t0.log_prob)(jnp.stack([X.ravel(), Y.ravel()], -1))
+    logp = true_log_prob(jnp.stack([X.ravel(), Y.ravel()], -1))
     cs = ax.contourf(X, Y, np.asarray(logp).reshape(X.shape).clip(-8), levels=20,
                      cmap="viridis")
     fig.colorbar(cs, ax=ax, label="true log p_t0(x)")
@@ -113,7 +122,8 @@ def main():
     ax.set(xlabel="estimate - true (nats)", ylabel="count", yscale="log",
            title="errors: exact trace vs Hutchinson")
     ax.legend(fontsize=8)
-    fig.suptitle(f"Exact vs Hutchinson log-likelihood, {n} points, Tsit5 rtol = atol = {rtol:g}")
+    fig.suptitle(f"Exact vs Hutchinson log-likelihood, {n} points, {solver_name} "
+                 f"rtol = atol = {rtol:g}")
     fig.tight_layout()
     fig.savefig(FIGURES / "likelihood.png", dpi=100)
     plt.close(fig)

@@ -9,8 +9,10 @@ Figures (in examples/figures/, or $SCOREFLOW_FIGURES): quickstart_samples.png,
 quickstart_trajectories.png.
 
 Measured with `time PYTHONPATH=. python examples/quickstart.py [--smoke]` on the
-shared 2-core CPU machine (other jobs running, load 3-8): smoke 31 s; full 1 min 16 s
-at load ~3, 3 min 3 s at load ~8. The committed figures come from the full run.
+shared 2-core CPU machine (other jobs running): smoke 38 s at load ~12 (13 s of CPU
+time; timed with XLA_FLAGS=--xla_backend_optimization_level=0, as
+tests/test_examples.py runs it); full 1 min 16 s at load ~3, 3 min 3 s at load ~8.
+The committed figures come from the full run.
 """
 
 import os

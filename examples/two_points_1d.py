@@ -18,7 +18,9 @@ The figure shows, over the (t, x) plane,
 
 Figure: examples/figures/two_points_1d.png (or $SCOREFLOW_FIGURES).
 Measured with `time PYTHONPATH=. python examples/two_points_1d.py [--smoke]` on the
-shared 2-core CPU machine (other jobs running): smoke 17 s, full 53 s. Exact, so
+shared 2-core CPU machine (other jobs running): smoke 20 s at load ~14 (6 s of CPU
+time; timed with XLA_FLAGS=--xla_backend_optimization_level=0, as
+tests/test_examples.py runs it), full 24 s at load ~9 (7 s of CPU time). Exact, so
 full and smoke differ only in grid sizes. The committed figure is from the full run.
 """
 
@@ -58,8 +60,15 @@ def main():
     n_t, n_x = (40, 40) if SMOKE else (200, 240)
     ts = jnp.linspace(process.t0, process.t1, n_t)
     xs = jnp.linspace(-2.5, 2.5, n_x)
-    grid = jax.vmap(lambda t: jax.vmap(lambda x: x0_hat(t, x[None])[0])(xs))(ts)
-    vel = jax.vmap(lambda t: jax.vmap(lambda x: velocity(t, x[None])[0])(xs))(ts)
+
+    @jax.jit
+    def on_grid(ts, xs):  # both fields at every (t, x): one compile
+        def field(fn):
+            return jax.vmap(lambda t: jax.vmap(lambda x: fn(t, x[None])[0])(xs))(ts)
+
+        return field(x0_hat), field(velocity)
+
+    grid, vel = on_grid(ts, xs)
 
     # the prediction at pure noise is the average of the data points, for every x
     print(f"max |E[x0 | x_t]| at t = t1 = {process.t1}: {float(jnp.abs(grid[-1]).max()):.2e}")
@@ -92,8 +101,9 @@ def main():
     ax.legend(loc="lower left", fontsize=8)
 
     ax = axes[1]
-    for tv in (0.999, 0.9, 0.7, 0.5, 0.3, 0.1):
-        col = jax.vmap(lambda x: x0_hat(tv, x[None])[0])(xs)
+    t_cuts = (0.999, 0.9, 0.7, 0.5, 0.3, 0.1)
+    cuts, _ = on_grid(jnp.array(t_cuts), xs)
+    for tv, col in zip(t_cuts, cuts):
         ax.plot(xs, col, label=f"t = {tv}")
     ax.axhline(0, color="grey", lw=0.5, ls="--")
     ax.set(xlabel="$x_t$", ylabel=r"$E[x_0 \mid x_t]$",

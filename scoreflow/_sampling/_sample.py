@@ -34,7 +34,12 @@ from .._predictor import Predictor
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics
 from ._grids import check_time_grid, uniform_grid
 from ._guidance import AbstractGuidedPredictor
-from ._solvers import AbstractDiffusionSolver
+from ._solvers import (
+    _FORCE_FINAL,
+    AbstractDiffusionSolver,
+    _reaches_data_end,
+    _split_terms,
+)
 
 # Number of times the jitted sampler has been traced (read by the trace-count test).
 _TRACES = [0]
@@ -83,17 +88,30 @@ def _traced_calls(fn) -> int:
 
 
 def _per_step(solver, terms, s0, s1, y, args, calls_per_vf):
-    """(model calls per step, extra calls on the first step, calls in init)."""
+    """(model calls per step, extra calls on the first step, calls in init, calls
+    saved on a step that reaches the data end)."""
     if isinstance(solver, diffrax.AbstractRungeKutta) and hasattr(solver.tableau, "c"):
         stages = len(solver.tableau.c) + 1
         fsal = bool(getattr(solver.tableau, "fsal", False))
-        return (stages - fsal) * calls_per_vf, int(fsal) * calls_per_vf, 0
+        return (stages - fsal) * calls_per_vf, int(fsal) * calls_per_vf, 0, 0
     if isinstance(solver, diffrax.AbstractSRK):
-        return (len(solver.tableau.c) + 1) * calls_per_vf, 0, 0
+        return (len(solver.tableau.c) + 1) * calls_per_vf, 0, 0, 0
     state = solver.init(terms, s0, s1, y, args)
     n_init = _traced_calls(lambda: solver.init(terms, s0, s1, y, args))
-    n_step = _traced_calls(lambda: solver.step(terms, s0, s1, y, args, state, False))
-    return n_step, 0, n_init
+
+    def n_step(final: bool) -> int:
+        # scoreflow's samplers branch (`lax.cond`) on whether a step reaches t0; trace
+        # one branch at a time to count what each really evaluates.
+        _FORCE_FINAL.append(final)
+        try:
+            return _traced_calls(
+                lambda: solver.step(terms, s0, s1, y, args, state, False)
+            )
+        finally:
+            _FORCE_FINAL.pop()
+
+    n = n_step(False)
+    return n, 0, n_init, n - n_step(True)
 
 
 # --------------------------------------------------------------------------- #
@@ -207,7 +225,7 @@ def _sample_impl(
         calls_vf = _traced_calls(
             lambda: terms.vf(s_start, x, c) if ode else terms.terms[0].vf(s_start, x, c)
         )
-        per_step, first, n_init = _per_step(
+        per_step, first, n_init, saved = _per_step(
             solver, terms, s_start, s_grid[1], x, c, calls_vf
         )
         if opts.fixed and not opts.use_diffeqsolve:
@@ -277,6 +295,12 @@ def _sample_impl(
         # it only applies to bare ODETerms, and diffeqsolve wraps terms first (checked
         # against a runtime counter in tests/test_sampling.py).
         nfe = n_init + first + per_step * steps
+        if saved:
+            # Steps that reach the data end t0 take a lower-order branch (the
+            # solvers' `lower_order_final`); fixed grids only (adaptive solves refuse
+            # scoreflow's samplers).
+            drift, _ = _split_terms(terms, type(solver).__name__)
+            nfe = nfe - saved * jnp.sum(_reaches_data_end(drift, s_grid[1:]))
         if opts.denoise:
             n_den = _traced_calls(lambda: pred.x0(grid[-1], y, c))
             y = pred.x0(grid[-1], y, c)
