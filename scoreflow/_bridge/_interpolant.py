@@ -230,7 +230,10 @@ class StochasticInterpolant(eqx.Module):
         return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
     def mean(
-        self, t: ScalarLike, x0: Float[ArrayLike, "*shape"], x1: Float[ArrayLike, "*shape"]
+        self,
+        t: ScalarLike,
+        x0: Float[ArrayLike, "*shape"],
+        x1: Float[ArrayLike, "*shape"],
     ) -> Float[Array, "*shape"]:
         r"""$I(t, x_0, x_1) = \alpha(t)x_0 + \beta(t)x_1$. `t` is a scalar or has the
         leading (batch) shape of `x0`."""

@@ -46,7 +46,9 @@ class _Noise(eqx.Module):
     def __call__(self, u, x, args):
         t = 1 - u if self.backward else u
         scale = jnp.sqrt(2 * _eps_at(self.eps, jnp.asarray(t, x.dtype)))
-        return lx.DiagonalLinearOperator(jnp.broadcast_to(scale, x.shape).astype(x.dtype))
+        return lx.DiagonalLinearOperator(
+            jnp.broadcast_to(scale, x.shape).astype(x.dtype)
+        )
 
 
 def _eps_at(eps, t):
@@ -57,7 +59,7 @@ def transport(
     key: PRNGKeyArray | None,
     interp: StochasticInterpolant,
     model,
-    x: Float[ArrayLike, "n *shape"],
+    x: Float[ArrayLike, " n *shape"],
     *,
     method: str = "ode",
     eps: float | Callable = 1.0,
@@ -65,7 +67,10 @@ def transport(
     solver: diffrax.AbstractSolver | None = None,
     steps: int = 100,
     return_path: bool = False,
-) -> Float[Array, "n *shape"] | tuple[Float[Array, "n *shape"], Float[Array, "k n *shape"]]:
+) -> (
+    Float[Array, " n *shape"]
+    | tuple[Float[Array, " n *shape"], Float[Array, " k n *shape"]]
+):
     r"""Carry samples across a stochastic interpolant with a learned (or exact)
     velocity, integrated by diffrax on a uniform grid of `steps` steps.
 
