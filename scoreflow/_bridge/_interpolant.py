@@ -53,13 +53,13 @@ def _gamma_expr(gamma):
     return gamma
 
 
-def _lambdify(expr):
+def _lambdify(expr, dtype=np.float64):
     fn = sympy.lambdify(T_SYM, expr, modules="numpy")
 
     def call(ts):
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = np.asarray(fn(np.asarray(ts, np.float64)))
+            out = np.asarray(fn(np.asarray(ts, dtype)))
         return np.broadcast_to(out, np.shape(ts))
 
     return call
@@ -317,7 +317,7 @@ def _check_declaration(call: str, numeric: dict):
                 )
     grid = np.linspace(0.0, 1.0, 257)
     interior = grid[1:-1]
-    g = _lambdify(numeric["gamma"])(grid)
+    g = _lambdify(numeric["gamma"], np.complex128)(grid)
     if np.iscomplexobj(g) and np.any(np.abs(np.imag(g)) > 1e-12):
         i = int(np.argmax(np.abs(np.imag(g))))
         raise ValueError(
@@ -332,7 +332,7 @@ def _check_declaration(call: str, numeric: dict):
             f"is {g[i]:.4g} at t = {grid[i]:.4g}."
         )
     for name, e in numeric.items():
-        v = _lambdify(e)(interior)
+        v = _lambdify(e, np.complex128)(interior)
         if not np.all(np.isfinite(v)):
             i = int(np.argmin(np.isfinite(v)))
             raise ValueError(
