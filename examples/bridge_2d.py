@@ -64,7 +64,7 @@ def main():
     start = time.time()
     FIGURES.mkdir(parents=True, exist_ok=True)
     n_train, n_test = (2048, 500) if SMOKE else (20000, 4000)
-    steps = 200 if SMOKE else 4000
+    steps = 200 if SMOKE else 3000
     keys = jr.split(jr.key(0), 8)
     pairs = jnp.stack([source(keys[0], n_train), target(keys[1], n_train)], axis=1)
     x0, ref = source(keys[2], n_test), target(keys[3], n_test)

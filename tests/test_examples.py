@@ -30,6 +30,10 @@ CASES = [
         "custom_process.py", ["custom_process.png"], id="custom_process",
         marks=pytest.mark.slow,
     ),
+    # bridge_2d trains three small MLPs (one with ott-jax OT pairs): slow.
+    pytest.param(
+        "bridge_2d.py", ["bridge_2d.png"], id="bridge_2d", marks=pytest.mark.slow
+    ),
 ]
 
 
@@ -38,6 +42,9 @@ def test_example_smoke(script, figures, tmp_path):
     pytest.importorskip("matplotlib")
     if script == "digits.py":
         pytest.importorskip("sklearn")
+    if script == "bridge_2d.py":
+        pytest.importorskip("ott")
+        pytest.importorskip("scipy")
     env = dict(os.environ)
     env["SCOREFLOW_SMOKE"] = "1"
     env["SCOREFLOW_FIGURES"] = str(tmp_path)  # never overwrite the committed figures
