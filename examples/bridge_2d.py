@@ -15,7 +15,11 @@ with the forward SDE.
 Figure: examples/figures/bridge_2d.png (or $SCOREFLOW_FIGURES). Numbers printed:
 Frechet distance (FD) of the transported samples to held-out target samples, the
 FD between two independent target sample sets of the same size (the noise floor),
-and the mean squared displacement.
+and the mean squared displacement. Measured with `time PYTHONPATH=. python
+examples/bridge_2d.py [--smoke]` on the shared 2-core CPU machine (other jobs
+running): smoke 1 min 22 s, full 9 min 24 s. The committed figure is from the full
+run: FD 0.0032 / 0.0027 / 0.0035 (floor 0.0049) and mean squared displacement
+1.10 (independent) / 0.80 (OT) / 0.94 (SB, SDE; includes the noise).
 """
 
 import os
