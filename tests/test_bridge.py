@@ -268,16 +268,23 @@ def test_exact_denoiser_is_a_stationary_point_of_the_score_loss(getkey):
     assert wrong.mean() > 10 * se + abs(gs.mean())
 
 
+def _eps_schedule(t):
+    return 2 * t * (1 - t)  # a time-dependent noise level, vanishing at the ends
+
+
 @pytest.mark.parametrize(
-    "name, method, direction",
+    "name, method, direction, eps",
     [
-        ("linear-brownian", "ode", "forward"),
-        ("trig", "ode", "backward"),
-        ("linear-brownian", "sde", "forward"),
-        ("linear-brownian", "sde", "backward"),
+        ("linear-brownian", "ode", "forward", 0.5),
+        ("trig", "ode", "backward", 0.5),
+        ("linear-brownian", "sde", "forward", 0.5),
+        ("linear-brownian", "sde", "backward", 0.5),
+        ("linear-brownian", "sde", "forward", _eps_schedule),
     ],
 )
-def test_exact_transport_maps_gaussian_to_gaussian(name, method, direction, getkey):
+def test_exact_transport_maps_gaussian_to_gaussian(
+    name, method, direction, eps, getkey
+):
     si = ORACLE_CASES[name]()
     exact = _exact(si)
     model = exact if method == "ode" else (exact, ExactDenoiser(exact))
@@ -285,7 +292,7 @@ def test_exact_transport_maps_gaussian_to_gaussian(name, method, direction, getk
     src, dst = ((M0, S0), (M1, S1)) if direction == "forward" else ((M1, S1), (M0, S0))
     x = _gauss(getkey(), *src, n)
     y = sf.transport(
-        getkey(), si, model, x, method=method, eps=0.5, direction=direction, steps=100
+        getkey(), si, model, x, method=method, eps=eps, direction=direction, steps=100
     )
     ref = _gauss(getkey(), *dst, n)
     fd = float(sf.metrics.frechet_distance(y, ref))
@@ -302,6 +309,32 @@ def test_exact_transport_maps_gaussian_to_gaussian(name, method, direction, getk
     assert np.all(np.isfinite(y))
     assert fd < 4 * floor + 1e-3
     assert exact_fd < 0.02
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE_CASES))
+def test_exact_ode_flow_pushes_the_law_forward(name):
+    # With the exact (linear) b the flow map is affine, y = A x + c: read A and c off
+    # three points and check A m0 + c = m1, A S0 A^T = S1 at the population level,
+    # and that Heun's error falls at its order 2.
+    si = ORACLE_CASES[name]()
+    pts = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    errs = []
+    for steps in (50, 100):
+        y = sf.transport(None, si, _exact(si), pts, steps=steps)
+        c, A = y[0], (y[1:] - y[0]).T
+        errs.append(
+            max(
+                float(jnp.max(jnp.abs(A @ M0 + c - M1))),
+                float(jnp.max(jnp.abs(A @ S0 @ A.T - S1))),
+            )
+        )
+    order = math.log2(errs[0] / errs[1])
+    print(
+        f"{name}: pushforward error {errs[0]:.1e} (50 steps), {errs[1]:.1e} (100); "
+        f"order {order:.2f}"
+    )
+    assert errs[1] < 1e-3
+    assert -0.4 < order - 2 < 0.4
 
 
 def test_ode_transport_is_invertible(getkey):
