@@ -111,6 +111,15 @@ from ._likelihood import (
     log_likelihood as log_likelihood,
 )
 
+# --- bridges and stochastic interpolants (issue 7) ---
+from ._bridge import (
+    bridge_loss as bridge_loss,
+    BridgeLoss as BridgeLoss,
+    brownian_gamma as brownian_gamma,
+    StochasticInterpolant as StochasticInterpolant,
+    transport as transport,
+)
+
 
 def __getattr__(name):
     # `scoreflow.testing` needs hypothesis, a dev dependency: import it on first use

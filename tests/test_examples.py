@@ -29,6 +29,8 @@ CASES = [
     ),
     pytest.param("digits.py", ["digits.png"], id="digits"),
     pytest.param("custom_process.py", ["custom_process.png"], id="custom_process"),
+    pytest.param("bridge_2d.py", ["bridge_2d.png"], id="bridge_2d"),
+    pytest.param("learned_schedule.py", ["learned_schedule.png"], id="learned_schedule"),
 ]
 
 
@@ -37,6 +39,9 @@ def test_example_smoke(script, figures, tmp_path):
     pytest.importorskip("matplotlib")
     if script == "digits.py":
         pytest.importorskip("sklearn")
+    if script == "bridge_2d.py":
+        pytest.importorskip("ott")
+        pytest.importorskip("scipy")
     env = dict(os.environ)
     env["SCOREFLOW_SMOKE"] = "1"
     env["SCOREFLOW_FIGURES"] = str(tmp_path)  # never overwrite the committed figures

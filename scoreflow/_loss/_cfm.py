@@ -29,14 +29,18 @@ def _import_ott():
     return pointcloud, linear_problem, sinkhorn
 
 
-def ot_coupling(key, x0, eps, *, epsilon: float = 0.01):
+def ot_coupling(key, x0, eps, *, epsilon: float = 0.01, relative: bool = True):
     r"""Minibatch optimal-transport pairing (Tong et al. 2023; Pooladian et al. 2023).
 
-    Solves entropic OT (ott-jax Sinkhorn, squared Euclidean cost scaled to mean 1,
-    regularisation `epsilon` relative to the mean cost) between the rows of `x0`
-    and `eps` and, for each data row $i$, draws its partner $j$ from
-    $\pi_{ij}/\sum_j\pi_{ij}$. Data rows (and so their labels) keep their order;
-    only the noise is re-indexed.
+    Solves entropic OT (ott-jax Sinkhorn, squared Euclidean cost
+    $\|x_0 - \varepsilon\|^2$) between the rows of `x0` and `eps` and, for each
+    data row $i$, draws its partner $j$ from $\pi_{ij}/\sum_j\pi_{ij}$. Data rows
+    (and so their labels) keep their order; only the noise is re-indexed.
+
+    `epsilon` is the entropic regularisation, relative to the mean cost (default,
+    near-exact OT for small values) or, with `relative=False`, absolute: then
+    `epsilon = 2 sigma**2` gives the static Schrödinger bridge of a Brownian motion
+    with diffusion coefficient `sigma` (Tong et al. 2024).
 
     **Returns:** the index array `j` of shape `(n,)`: pair `x0[i]` with `eps[j[i]]`.
     """
@@ -44,7 +48,9 @@ def ot_coupling(key, x0, eps, *, epsilon: float = 0.01):
     n = x0.shape[0]
     a = jax.lax.stop_gradient(x0.reshape(n, -1))
     b = jax.lax.stop_gradient(eps.reshape(n, -1))
-    geom = pointcloud.PointCloud(a, b, epsilon=epsilon, relative_epsilon="mean")
+    geom = pointcloud.PointCloud(
+        a, b, epsilon=epsilon, relative_epsilon="mean" if relative else None
+    )
     out = sinkhorn.Sinkhorn()(linear_problem.LinearProblem(geom))
     logits = jnp.log(jnp.maximum(out.matrix, jnp.finfo(out.matrix.dtype).tiny))
     return jr.categorical(key, logits, axis=-1)
