@@ -14,7 +14,9 @@ error (same points, same evaluation keys). Smoke mode runs the narrow start only
 
 Figure: examples/figures/learned_schedule.png (or $SCOREFLOW_FIGURES): the initial
 and learned log-SNR schedules, and the held-out bounds against the true NLL.
-Run times: see docs/examples.md.
+Measured on the shared 2-core CPU machine (load ~10): smoke 1 min 17 s (23 s CPU),
+full 4 min 28 s. Full run: narrow start, gain 0.372 +- 0.007 nats/example; VDM start,
+-0.002 +- 0.007 (see docs/concepts/schedules.md).
 """
 
 import math
