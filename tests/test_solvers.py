@@ -216,10 +216,17 @@ def test_edm_churn_switched_off_is_exactly_deterministic_heun():
     assert not np.allclose(part, det)
 
 
-def test_invert_log_snr_reaches_the_churned_noise_level():
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=() if n == "VP" else pytest.mark.slow)
+        for n in helpers.BUILTIN_NAMES
+    ],
+)
+def test_invert_log_snr_reaches_the_churned_noise_level(name):
     from scoreflow._sampling._solvers import _invert_log_snr
 
-    p, _, _ = setup()
+    p = helpers.builtin(name)
     ta = sf.edm_grid(p, 12)[1:]
     for g in (0.05, 0.2, 2**0.5 - 1):
         lam = p.log_snr(ta) - 2 * jnp.log1p(g)
