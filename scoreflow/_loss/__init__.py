@@ -8,6 +8,7 @@ from ._common import (
     standardize as standardize,
 )
 from ._dsm import DSMLoss as DSMLoss, dsm_loss as dsm_loss
+from ._linear_dsm import LinearDSMLoss as LinearDSMLoss, hsm_loss as hsm_loss
 from ._ssm import (
     SSMLoss as SSMLoss,
     simulate_forward as simulate_forward,
