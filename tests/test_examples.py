@@ -13,10 +13,12 @@ EXAMPLES = ROOT / "examples"
 # script -> the figures it writes. Smoke times on a shared 2-core CPU: two_points_1d
 # 17 s, cfg_2d 20 s, likelihood 31 s, quickstart 31 s (default run ~100 s);
 # custom_process 39 s (mostly sympy's wall-clock time limits) and digits ~1.5-2 min
-# (U-Net, sampler and likelihood compiles) are marked slow.
+# (U-Net, sampler and likelihood compiles) are marked slow; cld_2d ~1 min (two
+# samplers with the exact mixture score, whose covariances are rebuilt per call).
 CASES = [
     pytest.param("two_points_1d.py", ["two_points_1d.png"], id="two_points_1d"),
     pytest.param("cfg_2d.py", ["cfg_2d.png"], id="cfg_2d"),
+    pytest.param("cld_2d.py", ["cld_2d.png"], id="cld_2d", marks=pytest.mark.slow),
     pytest.param(
         "likelihood.py", ["likelihood.png"], id="likelihood", marks=pytest.mark.slow
     ),

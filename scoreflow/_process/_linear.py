@@ -407,7 +407,7 @@ class LinearSDE(AbstractLinearProcess):
 
     **Arguments:**
 
-    - `F`, `G`: $k \times k$ matrices: sympy `Matrix` in [`scoreflow.t`][] (or nested
+    - `F`, `G`: $k \times k$ matrices: sympy `Matrix` in `sf.t` (or nested
       lists / arrays of numbers), or callables `t -> (k, k)` array (then everything
       is numeric).
     - `init_cov`: $\Sigma_0$, the $k \times k$ covariance of the state at $t = 0$
