@@ -114,9 +114,7 @@ def test_cld_sample_marginal_moments(getkey):
 def test_moment_ode_matches_symbolic_cld():
     p = sf.CLD()
     sym = p.sde.symbolic
-    q = sf.LinearSDE(
-        sym["F"], sym["G"], init_cov=p.sde.init_cov, data_row=0, method="ode"
-    )
+    q = sf.LinearSDE(sym.F, sym.G, init_cov=p.sde.init_cov, data_row=0, method="ode")
     assert q.method == "ode"
     for t in TS:
         np.testing.assert_allclose(q.mean_matrix(t), p.mean_matrix(t), atol=1e-9)
@@ -383,8 +381,8 @@ def test_hsm_ignores_rows_without_noise():
     loss = sf.hsm_loss(p)
     x0 = GAUSS.sample(jr.key(1), 64)
     exact = p.mixture_score(GAUSS)
-    a = loss(_Perturbed(exact, jnp.asarray(0.0), (0,)), x0, jr.key(3))
-    b = loss(_Perturbed(exact, jnp.asarray(0.5), (0,)), x0, jr.key(3))
+    f = eqx.filter_jit(lambda d: loss(_Perturbed(exact, d, (0,)), x0, jr.key(3)))
+    a, b = f(jnp.asarray(0.0)), f(jnp.asarray(0.5))
     np.testing.assert_allclose(a, b, rtol=1e-14)
 
 
@@ -410,7 +408,8 @@ def test_dsm_full_state_exact_score_is_optimal(weighting):
 
         return loss.per_example(model, x0, jr.key(2))
 
-    ds = jnp.asarray([-0.3, 0.0, 0.3])
+    delta0 = 0.3 if weighting == "sigma2" else 1.0  # likelihood: noisier gradient
+    ds = jnp.asarray([-delta0, 0.0, delta0])
     vals, grads = jax.jit(
         jax.vmap(lambda d: jax.jvp(per_example, (d,), (jnp.ones_like(d),)))
     )(ds)

@@ -18,6 +18,7 @@ otherwise integrates the moment ODEs above with diffrax.
 """
 
 import abc
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -358,6 +359,23 @@ def _symbolic_kernel(F: sympy.ImmutableMatrix, G: sympy.ImmutableMatrix, S0, ver
     return sympy.ImmutableMatrix(A), sympy.ImmutableMatrix(S)
 
 
+@eqx.filter_jit
+def _moments_jit(ode, t):
+    return ode._eval(t)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LinearSymbolic:
+    """The sympy matrices of a linear SDE (`p.symbolic`): `F`, `G` as declared, and
+    the kernel's mean matrix `A` and covariance `Sigma` when derived in closed form
+    (else `None`)."""
+
+    F: sympy.Matrix
+    G: sympy.Matrix
+    A: sympy.Matrix | None = None
+    Sigma: sympy.Matrix | None = None
+
+
 class _MomentODE(eqx.Module):
     r"""$A(t)$, $\Sigma(t)$ from the moment ODEs, integrated with diffrax from 0."""
 
@@ -368,7 +386,9 @@ class _MomentODE(eqx.Module):
     atol: float = eqx.field(static=True)
 
     def __call__(self, t):
-        t = jnp.asarray(t)
+        return _moments_jit(self, jnp.asarray(t))
+
+    def _eval(self, t):
         dtype = jnp.result_type(t.dtype, float)
         t = t.astype(dtype)
         k = self.init_cov.shape[0]
@@ -445,7 +465,7 @@ class LinearSDE(AbstractLinearProcess):
     _k: int = eqx.field(static=True)
     _data_row: int | None = eqx.field(static=True)
     method: str = eqx.field(static=True)
-    symbolic: Any = eqx.field(static=True)  # dict of sympy matrices or None
+    symbolic: LinearSymbolic | None = eqx.field(static=True)
     _call: str = eqx.field(static=True)
 
     def __init__(
@@ -543,12 +563,12 @@ class LinearSDE(AbstractLinearProcess):
             self._kernel = _KernelFns(_MatrixFn(A), _MatrixFn(S))
             self._moments = None
             self.method = "symbolic"
-            self.symbolic = dict(F=Fs, G=Gs, A=A, Sigma=S)
+            self.symbolic = LinearSymbolic(Fs, Gs, A, S)
         else:
             self._kernel = None
             self._moments = _MomentODE(self._F, self._G, self.init_cov, rtol, atol)
             self.method = "ode"
-            self.symbolic = None if Fs is None or Gs is None else dict(F=Fs, G=Gs)
+            self.symbolic = None if Fs is None or Gs is None else LinearSymbolic(Fs, Gs)
         if Gs is not None:
             Q = np.asarray((Gs * Gs.T).subs(T_SYM, 0.5 * self.t1).evalf(), float)
             if np.linalg.eigvalsh(0.5 * (Q + Q.T)).min() < -1e-9:
@@ -692,6 +712,11 @@ class CLD(AbstractLinearProcess):
     def mass(self) -> float:
         """$M = 1 / M^{-1}$."""
         return 1.0 / self.m_inv
+
+    @property
+    def symbolic(self) -> LinearSymbolic:
+        """The sympy matrices `F`, `G`, `A`, `Sigma` (see [`scoreflow.LinearSDE`][])."""
+        return self.sde.symbolic
 
     def F(self, t):
         return self.sde.F(t)
