@@ -221,7 +221,7 @@ def test_prior_log_prob_and_sample(getkey):
         for j in range(3)
     )
     np.testing.assert_allclose(p.prior_log_prob(x), want, rtol=1e-12)
-    z = p.prior_sample(getkey(), (20000, 2, 1))
+    z = jax.vmap(lambda k: p.prior_sample(k, (2, 1)))(jr.split(getkey(), 20000))
     np.testing.assert_allclose(np.cov(z[:, :, 0].T), S, atol=0.03)
 
 
@@ -448,6 +448,8 @@ def test_declaration_errors():
         sf.LinearSDE(-np.eye(2), np.eye(2), data_row=0, init_cov=np.eye(2))
     with pytest.raises(ValueError, match="no closed-form"):
         sf.LinearSDE(sf.t * sympy.Matrix([[-1]]), [[1]], method="symbolic")
+    with pytest.raises(ValueError, match="state shape"):
+        sf.CLD().prior_sample(jr.key(0), (3, 2))
     with pytest.raises(ValueError, match="beta must be"):
         sf.CLD(beta=-1.0)
     with pytest.raises(ValueError, match="predict the score"):
@@ -468,3 +470,32 @@ def test_declaration_errors():
             steps=2,
             denoise=True,
         )
+
+
+def test_reverse_terms_use_matrix_diffusion(getkey):
+    """The reverse drift is -(F x - (1 + eta^2)/2 G G^T score) in flipped time and the
+    noise term applies eta G on the block axis; a diffrax solve runs on the terms."""
+    p = sf.CLD()
+    score = p.mixture_score(GAUSS)
+    pred = sf.Predictor(score, p, prediction="score")
+    x = jr.normal(getkey(), (2, 2))
+    s, t = 0.3, p.t1 - 0.3
+    F, Q, G = (np.asarray(m) for m in (p.F(t), p.diffusion_cov(t), p.G(t)))
+    sc = np.asarray(score(t, x))
+    ode = sf.probability_flow(p, pred)
+    np.testing.assert_allclose(
+        ode.vf(s, x, None), -(F @ np.asarray(x) - 0.5 * Q @ sc), rtol=1e-12
+    )
+    terms = sf.reverse_sde(p, pred, key=getkey(), shape=(2, 2))
+    drift, noise = terms.terms
+    np.testing.assert_allclose(
+        drift.vf(s, x, None), -(F @ np.asarray(x) - Q @ sc), rtol=1e-12
+    )
+    z = jr.normal(getkey(), (2, 2))
+    np.testing.assert_allclose(
+        noise.vf(s, x, None).mv(z), G @ np.asarray(z), rtol=1e-12
+    )
+    sol = diffrax.diffeqsolve(
+        terms, diffrax.Euler(), 0.0, p.t1 - p.t0, 1e-2, p.prior_sample(getkey(), (2, 2))
+    )
+    assert bool(jnp.all(jnp.isfinite(sol.ys)))

@@ -173,14 +173,20 @@ class AbstractLinearProcess(eqx.Module):
     def prior_sample(
         self, key: PRNGKeyArray, shape: tuple[int, ...], dtype=None
     ) -> Array:
-        r"""Draw from the prior $N(0, \Sigma(t_1) \otimes I)$; `shape` is the state
-        shape `(k, *data_shape)` (or `(n, k, *data_shape)` for a batch)."""
+        r"""Draw one state from the prior $N(0, \Sigma(t_1) \otimes I)$; `shape` is the
+        state shape `(k, *data_shape)` (vmap over keys for a batch).
+
+        **Raises:** `ValueError` if `shape[0]` is not $k$."""
+        shape = tuple(shape)
+        if not shape or shape[0] != self.num_blocks:
+            raise ValueError(
+                f"{self!r}.prior_sample: shape must be the state shape (k, ...) with "
+                f"k = {self.num_blocks}, got {shape}; vmap over keys for a batch."
+            )
         dtype = jnp.result_type(float) if dtype is None else dtype
         z = jr.normal(key, shape, dtype)
         lo = jnp.linalg.cholesky(self.prior_cov()).astype(dtype)
-        if len(shape) >= 1 and shape[0] == self.num_blocks:
-            return apply_blocks(lo, z)
-        return jax.vmap(lambda zz: apply_blocks(lo, zz))(z)
+        return apply_blocks(lo, z)
 
     def prior_log_prob(self, x: Float[ArrayLike, " k *shape"]) -> Scalar:
         r"""Log density of one state `x` under $N(0, \Sigma(t_1) \otimes I)$."""
