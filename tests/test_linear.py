@@ -275,9 +275,16 @@ def _check_velocity(u, gm, p, rtol):
     return got, want
 
 
-@pytest.mark.parametrize("data", ["gauss", "mixture"])
-@pytest.mark.parametrize("method", ["ode", "sde"])
-def test_cld_sampling_exact_score(data, method):
+@pytest.mark.parametrize(
+    "method, data",
+    [
+        ("ode", "gauss"),
+        ("ode", "mixture"),
+        pytest.param("sde", "gauss", marks=pytest.mark.slow),  # sde-mixture covers it
+        ("sde", "mixture"),
+    ],
+)
+def test_cld_sampling_exact_score(method, data):
     gm = GAUSS if data == "gauss" else MIXTURE
     p = sf.CLD()
     pred = sf.Predictor(p.mixture_score(gm), p, prediction="score")
