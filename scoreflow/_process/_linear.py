@@ -575,10 +575,6 @@ class LinearSDE(AbstractLinearProcess):
             self._moments = _MomentODE(self._F, self._G, self.init_cov, rtol, atol)
             self.method = "ode"
             self.symbolic = None if Fs is None or Gs is None else LinearSymbolic(Fs, Gs)
-        if Gs is not None:
-            Q = np.asarray((Gs * Gs.T).subs(T_SYM, 0.5 * self.t1).evalf(), float)
-            if np.linalg.eigvalsh(0.5 * (Q + Q.T)).min() < -1e-9:
-                raise ValueError(f"`{call}`: G G^T is not positive semi-definite.")
 
     def __repr__(self):
         return self._call
