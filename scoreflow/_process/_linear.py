@@ -566,7 +566,16 @@ class LinearSDE(AbstractLinearProcess):
             )
         if kernel is not None:
             A, S = kernel
-            self._kernel = _KernelFns(_MatrixFn(A), _MatrixFn(S))
+            # the float32-stable rewrite of each covariance entry (expm1 etc.),
+            # chosen against 30-digit arithmetic as for scalar processes
+            stable = S.applyfunc(
+                lambda e: (
+                    e
+                    if sympy.count_ops(e) > 2000
+                    else _derive.stable_form(e, (), self.t1)
+                )
+            )
+            self._kernel = _KernelFns(_MatrixFn(A), _MatrixFn(stable))
             self._moments = None
             self.method = "symbolic"
             self.symbolic = LinearSymbolic(Fs, Gs, A, S)
