@@ -23,8 +23,8 @@ The figure shows
 
 Figure: examples/figures/cld_2d.png (or $SCOREFLOW_FIGURES).
 Measured with `time PYTHONPATH=. python examples/cld_2d.py [--smoke]` on the shared
-2-core CPU machine (other jobs running): smoke 1 min 5 s - 2 min (by load), full
-2 min 33 s. Full run (num = 3000): squared Fréchet distance to the data moments
+2-core CPU machine (other jobs running): smoke 1 min 5 s - 2 min, full 44 s -
+2 min 33 s (by load). Full run (num = 3000): squared Fréchet distance to the data moments
 PF-ODE 4.2e-4, reverse SDE 2.7e-4, exact samples 4.9e-4. The committed figure is from
 the full run.
 """
