@@ -146,6 +146,14 @@ class Predictor(eqx.Module):
         sigma_data: float | None = None,
     ):
         self.prediction = check_prediction(prediction, "sf.Predictor")
+        from ._process._linear import AbstractLinearProcess
+
+        if isinstance(process, AbstractLinearProcess) and prediction != "score":
+            raise ValueError(
+                f"`sf.Predictor`: a matrix linear SDE ({process!r}) has no scalar "
+                "alpha, sigma to convert through, so the model must predict the "
+                f"score (prediction='score'), got prediction={prediction!r}."
+            )
         if precondition == "edm":
             from ._precond import EDMPreconditioner
 

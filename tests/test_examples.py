@@ -22,6 +22,7 @@ CASES = [
     pytest.param("two_points_1d.py", ["two_points_1d.png"], id="two_points_1d"),
     pytest.param("cfg_2d.py", ["cfg_2d.png"], id="cfg_2d"),
     pytest.param("likelihood.py", ["likelihood.png"], id="likelihood"),
+    pytest.param("cld_2d.py", ["cld_2d.png"], id="cld_2d"),
     pytest.param(
         "quickstart.py",
         ["quickstart_samples.png", "quickstart_trajectories.png"],

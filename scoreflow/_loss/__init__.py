@@ -16,6 +16,7 @@ from ._elbo import (
     elbo_loss as elbo_loss,
     learned_schedule as learned_schedule,
 )
+from ._linear_dsm import LinearDSMLoss as LinearDSMLoss, hsm_loss as hsm_loss
 from ._ssm import (
     SSMLoss as SSMLoss,
     simulate_forward as simulate_forward,

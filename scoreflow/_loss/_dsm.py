@@ -10,7 +10,9 @@ import jax.random as jr
 from .._precond import EDMPreconditioner
 from .._predictor import PredictionType, check_prediction, from_hub
 from .._process import AbstractProcess
+from .._process._linear import AbstractLinearProcess
 from ._common import AbstractLoss, call_model, check_dropout, require_kernel
+from ._linear_dsm import linear_dsm_loss
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 from ._weighting import AbstractWeighting, as_weighting, prediction_factor
 
@@ -103,7 +105,11 @@ def dsm_loss(
 
     **Arguments:**
 
-    - `process`: a process with a Gaussian kernel.
+    - `process`: a process with a Gaussian kernel. A matrix linear SDE
+      ([`scoreflow.LinearSDE`][], [`scoreflow.CLD`][]) takes `prediction="score"`
+      and `weighting="sigma2"` (the $\varepsilon$-MSE $\|L^\top s_\theta +
+      \varepsilon\|^2$ with $L$ the Cholesky factor of the kernel covariance) or
+      `"likelihood"` ($G G^\top$ on the score-MSE); see also [`scoreflow.hsm_loss`][].
     - `prediction`: what the model outputs: `"eps"`, `"score"`, `"x0"`, `"v"`,
       `"velocity"`.
     - `weighting`: `"sigma2"` ($w = 1$; Song et al.'s $\sigma^2$ on the score-MSE),
@@ -132,6 +138,21 @@ def dsm_loss(
     """
     call = "sf.dsm_loss"
     prediction = check_prediction(prediction, call)
+    if isinstance(process, AbstractLinearProcess):
+        if prediction != "score" or precondition is not None:
+            raise ValueError(
+                f"`{call}`: for a matrix linear SDE ({process!r}) the model predicts "
+                f"the score (prediction='score', no preconditioning), got "
+                f"prediction={prediction!r}."
+            )
+        return linear_dsm_loss(
+            process,
+            weighting=weighting,
+            time_sampler=time_sampler,
+            cond_dropout=cond_dropout,
+            null_cond=null_cond,
+            call=call,
+        )
     if precondition not in (None, "edm"):
         raise ValueError(
             f"`{call}`: precondition must be None or 'edm', got {precondition!r}."

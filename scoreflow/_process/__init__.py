@@ -7,6 +7,11 @@ from ._declared import (
     PriorMismatchWarning as PriorMismatchWarning,
     SymbolicView as SymbolicView,
 )
+from ._linear import (
+    CLD as CLD,
+    AbstractLinearProcess as AbstractLinearProcess,
+    LinearSDE as LinearSDE,
+)
 from ._public import (
     EDM as EDM,
     SDE as SDE,

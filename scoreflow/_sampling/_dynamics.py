@@ -27,10 +27,12 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
 
 from .._process import AbstractProcess
+from .._process._linear import AbstractLinearProcess, apply_blocks
 
 
 def _is_static_zero(eta) -> bool:
@@ -76,12 +78,18 @@ class ReverseDrift(eqx.Module):
         eta = self.eta_at(t)
         w = 0.5 if eta is None else (1 + eta**2) / 2
         score = self.predictor.score(t, x, cond)
+        if isinstance(self.process, AbstractLinearProcess):  # static: G G^T score
+            return -(
+                self.process.drift(t, x)
+                - w * self.process.diffusion_cov_apply(t, score)
+            )
         return -(self.process.drift(t, x) - w * self.process.g2(t) * score)
 
 
 class ReverseDiffusion(eqx.Module):
     r"""The diffusion $\eta(t)\,g(t)$ at $t = t_1 - s$, as a diagonal lineax operator
-    acting on a Brownian increment shaped like `x`."""
+    acting on a Brownian increment shaped like `x` (for a
+    [`scoreflow.AbstractLinearProcess`][], $\eta(t)\,G(t)$ on the block axis)."""
 
     process: AbstractProcess
     eta: Any
@@ -91,6 +99,11 @@ class ReverseDiffusion(eqx.Module):
         x = jnp.asarray(x)
         t = jnp.asarray(self.t1 - s, x.dtype)
         eta = self.eta(t) if callable(self.eta) else self.eta
+        if isinstance(self.process, AbstractLinearProcess):  # static: eta G on blocks
+            g = (eta * self.process.G(t)).astype(x.dtype)
+            return lx.FunctionLinearOperator(
+                lambda z: apply_blocks(g, z), jax.ShapeDtypeStruct(x.shape, x.dtype)
+            )
         scale = (eta * self.process.diffusion(t)).astype(x.dtype)
         return lx.DiagonalLinearOperator(jnp.broadcast_to(scale, x.shape))
 

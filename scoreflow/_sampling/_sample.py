@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._predictor import Predictor
+from .._process._linear import AbstractLinearProcess, apply_blocks
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics
 from ._grids import check_time_grid, uniform_grid
 from ._guidance import AbstractGuidedPredictor
@@ -220,7 +221,11 @@ def _sample_impl(
         if opts.has_noise:
             x = x_given
         else:
-            x = (process.sigma(grid[0]) * jr.normal(nkey, shape, dtype)).astype(dtype)
+            z = jr.normal(nkey, shape, dtype)
+            if isinstance(process, AbstractLinearProcess):  # static: N(0, Sigma)
+                x = apply_blocks(process.chol(grid[0]), z).astype(dtype)
+            else:
+                x = (process.sigma(grid[0]) * z).astype(dtype)
         terms = terms_for(bkey)
         calls_vf = _traced_calls(
             lambda: terms.vf(s_start, x, c) if ode else terms.terms[0].vf(s_start, x, c)
@@ -421,6 +426,11 @@ def sample(
         )
     num = int(num)
     shape = tuple(int(s) for s in shape)
+    if isinstance(process, AbstractLinearProcess) and denoise:
+        raise ValueError(
+            f"`{call}(denoise=True)` needs a scalar process (a Tweedie step through "
+            f"alpha, sigma); {process!r} is a matrix linear SDE."
+        )
     if brownian not in ("increments", "tree"):
         raise ValueError(
             f"`{call}(brownian=...)` must be 'increments' or 'tree', got {brownian!r}."
