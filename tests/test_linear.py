@@ -538,3 +538,11 @@ def test_sampling_time_dependent_process_exact_score():
     fd, floor = _fd_to_exact(u[:, 0], GAUSS), _floor(GAUSS)
     print(f"time-dependent F, ode gauss: FD = {fd:.2e}, floor = {floor:.2e}")
     assert fd < 3 * floor + 1e-3, (fd, floor)
+
+
+def test_scalar_kernel_samplers_refuse_linear_processes():
+    """DDIM & co. need alpha(t), sigma(t): a clear error, not an AttributeError."""
+    p = sf.CLD()
+    pred = sf.Predictor(lambda t, x: jnp.zeros_like(x), p, prediction="score")
+    with pytest.raises(ValueError, match="matrix linear SDE"):
+        sf.sample(jr.key(0), p, pred, (2,), num=2, solver=sf.DDIM(), steps=3)

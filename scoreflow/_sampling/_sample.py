@@ -440,6 +440,15 @@ def sample(
             f"`{call}(solver=...)` must be a diffrax solver instance such as diffrax.Heun() "
             f"or sf.DDIM(), got {solver!r}."
         )
+    if isinstance(process, AbstractLinearProcess) and isinstance(
+        solver, AbstractDiffusionSolver
+    ):
+        raise ValueError(
+            f"`{call}(solver={type(solver).__name__}(...))`: the exponential-integrator "
+            "and ancestral samplers step through a scalar kernel alpha(t), sigma(t); "
+            f"{process!r} is a matrix linear SDE. Use a diffrax solver instead, e.g. "
+            "solver=diffrax.Heun() (method='ode') or diffrax.Euler() (method='sde')."
+        )
     if method == "ode":
         if eta is not None and not _is_static_zero(eta):
             raise ValueError(
