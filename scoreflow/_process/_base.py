@@ -19,7 +19,9 @@ class AbstractProcess(eqx.Module):
     When the drift is $f(t)\,x$ the transition kernel from data is Gaussian,
     $x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$ with $\varepsilon \sim N(0, I)$,
     and every method below is available. Coefficients are scalar (they multiply
-    every coordinate of `x` alike).
+    every coordinate of `x` alike). A declared process may also have a non-affine
+    drift or an elementwise diffusion $g(t, x)$ (`has_gaussian_kernel` is then
+    False and only the drift, diffusion and score-driven dynamics are defined).
     """
 
     t0: AbstractVar[float]

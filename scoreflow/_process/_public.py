@@ -44,7 +44,7 @@ def _fmt(v) -> str:
 
 class SDE(AbstractDeclaredProcess):
     r"""A forward process declared by its drift and diffusion,
-    $dx = f(t, x)\,dt + g(t)\,dW$.
+    $dx = f(t, x)\,dt + g(t)\,dW$ (or $g(t, x)\,dW$, elementwise).
 
     When the drift is affine, $f(t, x) = f(t)\,x$, scoreflow derives the Gaussian
     kernel $x_t = \alpha(t) x_0 + \sigma(t)\varepsilon$ with sympy:
@@ -59,11 +59,22 @@ class SDE(AbstractDeclaredProcess):
 
     - `drift`: a sympy expression in `sf.t` and `sf.x` (or a string, or a Python
       callable `drift(t, x)`).
-    - `diffusion`: $g(t) \ge 0$, a sympy expression in `sf.t` (or a callable `g(t)`).
+    - `diffusion`: $g(t) \ge 0$, a sympy expression in `sf.t` (or a callable `g(t)`);
+      it may depend on `sf.x` (diagonal state-dependent noise, sympy only; only
+      $g^2$ enters). The reverse SDE then gains $-\partial_x g^2$ (Anderson 1982),
+      see [Non-affine drifts and g(t, x)](../concepts/nonlinear.md).
     - `t0`, `t1`: the time range. `None` (default) chooses them by endpoint analysis
       (`process.endpoints` says why); explicit values are validated.
     - `params`: `{symbol or name: value}` for named constants in the expressions;
       they become trainable array leaves (`process.params`).
+    - `stratonovich`: read `drift` as the Stratonovich drift $f_S$; the Itô drift
+      $f = f_S + \tfrac12 g\,\partial_x g$ is derived with sympy (it is what the
+      process stores; see `as_stratonovich()` / `as_ito()`).
+    - `prior`: only for processes without a Gaussian kernel (non-affine drift or
+      $g(t, x)$): `None` (the stationary density
+      [`scoreflow.StationaryDensity`][] of a time-homogeneous SDE when derivable,
+      else no prior), `"stationary"`, or an object with `sample(key, shape, dtype)`
+      and `log_prob(x)`. Gaussian processes keep $N(0, \sigma(t_1)^2 I)$.
 
     **Raises:** `ValueError` for free symbols other than `t`/`x` (and `params`),
     a negative diffusion, `t0 >= t1`, non-finite coefficients in float32 on
@@ -152,6 +163,11 @@ def _resolve_prior(process, prior):
     call = process._info.call
     d = process._info.derivation
     symbolic = d is not None and not isinstance(d.drift, sympy.Symbol)
+    if prior is not None and process.has_gaussian_kernel:
+        raise ValueError(
+            f"`{call}` has a Gaussian kernel, whose prior is N(0, sigma(t1)^2 I); "
+            "prior= is for processes without one (non-affine drift or g(t, x))."
+        )
     if prior is None:
         if process.has_gaussian_kernel or not symbolic:
             return None
