@@ -18,6 +18,11 @@ the exact stationary score.
 Figure: examples/figures/double_well.png (or $SCOREFLOW_FIGURES). The script prints
 W1 and Kolmogorov-Smirnov distances of the samples to fresh data, and the same
 distances between two independent data sets of the same size (the noise floor).
+Measured (`time PYTHONPATH=. python examples/double_well.py [--smoke]`, shared 2-core
+CPU with other jobs running): smoke 2 min 4 s wall (25 s CPU); full 2 min 8 s to
+3 min 55 s. Full run: W1 = 0.061, KS = 0.045 (n = 4000) vs the data; noise floor
+W1 = 0.012, KS = 0.014; prior vs data W1 = 0.378. The committed figure is from
+the full run.
 """
 
 import os
@@ -72,10 +77,13 @@ def train_and_sample(*, t1, steps, num, sample_steps, key, forward_steps=128):
     process = sf.SDE(drift=-(sf.x**3) + sf.x, diffusion=1, t1=t1)
     k_data, k_net, k_fit, k_sample = jr.split(key, 4)
     data = DATA.sample(k_data, 20_000)
-    model = StationaryResidual(sf.nets.MLP(1, width=64, depth=2, key=k_net), process.prior)
-    # More small times (where the score is sharp) than uniform: t = t1 sigmoid(u),
-    # u ~ N(-1.5, 1.5^2), about 7% of draws below t = 0.1.
-    time_sampler = sf.LogitNormal(mean=-1.5, std=1.5)
+    model = StationaryResidual(
+        sf.nets.MLP(1, width=64, depth=2, key=k_net), process.prior
+    )
+    # More small times (where the score is sharp) than uniform, and still both
+    # ends: t = t1 sigmoid(u), u ~ N(-1, 2^2): 9% of draws below t = 0.1, 7% above
+    # t = 3.5.
+    time_sampler = sf.LogitNormal(mean=-1.0, std=2.0)
     loss = sf.ssm_loss(process, num_steps=forward_steps, time_sampler=time_sampler)
     fit = sf.train.fit(
         loss,
@@ -117,9 +125,9 @@ def main():
 
     # How far is p_t1 (data pushed forward) from the stationary prior?
     x0 = DATA.sample(jr.key(1), num)
-    xt1 = jax.vmap(lambda k, v: sf.simulate_forward(process, k, v, process.t1, num_steps=256))(
-        jr.split(jr.key(2), num), x0
-    )
+    xt1 = jax.vmap(
+        lambda k, v: sf.simulate_forward(process, k, v, process.t1, num_steps=256)
+    )(jr.split(jr.key(2), num), x0)
     ks_prior = scipy.stats.kstest(
         np.asarray(xt1)[:, 0], lambda v: np.asarray(process.prior.cdf(jnp.asarray(v)))
     ).statistic
@@ -136,13 +144,23 @@ def main():
 
     grid = jnp.linspace(-2.5, 2.5, 400)
     data_pdf = np.exp(np.asarray(jax.vmap(lambda v: DATA.log_prob(v[None]))(grid)))
-    stat_pdf = np.exp(np.asarray(jax.vmap(lambda v: process.prior_log_prob(v[None]))(grid)))
+    stat_pdf = np.exp(
+        np.asarray(jax.vmap(lambda v: process.prior_log_prob(v[None]))(grid))
+    )
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     ax = axes[0]
     ax.plot(grid, data_pdf, "k", label="data density (t = 0)")
-    ax.plot(grid, stat_pdf, "C1", label=r"stationary $p_\infty \propto e^{x^2 - x^4/2}$")
-    ax.hist(np.asarray(xt1)[:, 0], 80, density=True, alpha=0.3, color="C1",
-            label=f"forward $x_{{t_1}}$, t1 = {process.t1:g}")
+    ax.plot(
+        grid, stat_pdf, "C1", label=r"stationary $p_\infty \propto e^{x^2 - x^4/2}$"
+    )
+    ax.hist(
+        np.asarray(xt1)[:, 0],
+        80,
+        density=True,
+        alpha=0.3,
+        color="C1",
+        label=f"forward $x_{{t_1}}$, t1 = {process.t1:g}",
+    )
     ax.set_title("data and the prior at $t_1$")
     ax.legend(fontsize=8)
     ax = axes[1]

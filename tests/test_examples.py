@@ -30,6 +30,11 @@ CASES = [
         "custom_process.py", ["custom_process.png"], id="custom_process",
         marks=pytest.mark.slow,
     ),
+    # SSM training + reverse-SDE sampling compiles: ~25 s CPU, ~2 min wall when the
+    # shared machine is busy.
+    pytest.param(
+        "double_well.py", ["double_well.png"], id="double_well", marks=pytest.mark.slow
+    ),
 ]
 
 
