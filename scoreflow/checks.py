@@ -511,6 +511,25 @@ def _abs_scale(expr):
     return sympy.Add(*[sympy.Abs(a) for a in args])
 
 
+def _symbolic_stationary(process, info):
+    s = process.symbolic
+    ell = process.prior.expr
+    p = sympy.exp(ell)
+    flux = s.f * p - sympy.diff(s.g2 * p, X) / 2
+    residual = _simplify(-sympy.diff(flux, X) / p)
+    cond = _simplify(flux / p)
+    return FokkerPlanckResult(
+        ok=residual == 0,
+        residual=residual,
+        proof="symbolic",
+        log_density=ell,
+        conditions={"flux / p = f - (g^2 p)' / (2 p)": cond},
+        sde=info.call,
+        kernel="stationary density",
+        data="stationary",
+    )
+
+
 def symbolic_fokker_planck(
     process,
     *,
@@ -552,8 +571,13 @@ def symbolic_fokker_planck(
     `.residual` (0 when consistent). Results are cached per symbolic declaration,
     so checking many parameter draws of one family is cheap.
 
-    **Raises:** `ValueError` for a process declared with callables, or whose drift
-    is not affine (no Gaussian kernel).
+    For a process without a Gaussian kernel whose prior is its stationary density
+    ([`scoreflow.StationaryDensity`][]), the check is instead that $p_\infty$ solves
+    the stationary equation $0 = -\partial_x(f p) + \tfrac12\partial_x^2(g^2 p)$
+    (residual divided by $p$; `conditions` holds the zero-flux condition).
+
+    **Raises:** `ValueError` for a process declared with callables, or without a
+    Gaussian kernel and without a stationary-density prior.
     """
     if data not in ("point", "gaussian"):
         raise ValueError(
@@ -563,6 +587,11 @@ def symbolic_fokker_planck(
     info, d = _info(process)
     kernel_process = process if kernel is None else kernel
     kinfo, kd = _info(kernel_process)
+    if kd.alpha is None and kernel is None:
+        from ._process._stationary import StationaryDensity
+
+        if isinstance(getattr(process, "prior", None), StationaryDensity):
+            return _symbolic_stationary(process, info)
     if kd.alpha is None:
         raise ValueError(
             f"`sf.checks.symbolic_fokker_planck`: `{kinfo.call}` has no Gaussian "

@@ -498,3 +498,11 @@ def test_log_likelihood_gbm_exact():
         ll = sf.log_likelihood(None, p, pred, y, rtol=1e-8, atol=1e-8)
         exact = log_prob(0.0, y) - 0.5 * math.log(2 * math.pi)
         assert abs(float(ll) - float(exact)) < 1e-5, (xv, float(ll), float(exact))
+
+
+@pytest.mark.parametrize("which", ["double_well", "multiplicative"])
+def test_symbolic_fokker_planck_stationary(which, request):
+    p = request.getfixturevalue(which)
+    res = sf.checks.symbolic_fokker_planck(p)
+    assert res.ok and res.residual == 0
+    assert list(res.conditions.values()) == [0]  # zero flux
