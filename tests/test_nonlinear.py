@@ -147,7 +147,7 @@ def test_missing_prior_error():
 
 
 def test_gbm_ito_and_stratonovich_solvers_agree():
-    mu, sig, x0, T, n, steps = 0.5, 0.6, 1.0, 1.0, 2000, 64
+    mu, sig, x0, T, n, steps = 0.5, 0.6, 1.0, 1.0, 2000, 32
     p = sf.SDE(drift=mu * x, diffusion=sig * x)
     assert sf.sde_convention(diffrax.Euler()) == "ito"
     assert sf.sde_convention(diffrax.Heun()) == "stratonovich"
@@ -221,7 +221,7 @@ def _exact_score_predictor(p):
 def test_reverse_dynamics_keep_stationary_density(which, request):
     p = request.getfixturevalue(which)
     pred = _exact_score_predictor(p)
-    n, steps = 2000, 100
+    n, steps = 2000, 50
     cdf = lambda v: p.prior.cdf(jnp.asarray(v))
     crit = _ks_crit(n)
     solvers = [diffrax.Euler()]
@@ -307,9 +307,9 @@ def test_gbm_reverse_sde_recovers_lognormal_data():
     n = 2000
     cdf = lambda v: scipy.stats.norm.cdf((np.log(v) - m0) / s0)
     for method, solver, steps in (
-        ("sde", diffrax.Euler(), 200),
-        ("sde", diffrax.Heun(), 100),
-        ("ode", diffrax.Heun(), 50),
+        ("sde", diffrax.Euler(), 100),
+        ("sde", diffrax.Heun(), 50),
+        ("ode", diffrax.Heun(), 25),
     ):
         xs = np.asarray(
             sf.sample(
@@ -438,7 +438,7 @@ def test_ssm_loss_runs_and_is_minimised_by_exact_score(multiplicative):
     """SSM on the stationary process started from its stationary law: the exact
     stationary score gives a lower loss than a perturbed one (same keys)."""
     p = multiplicative
-    x0 = p.prior_sample(jr.key(5), (512, 1))
+    x0 = p.prior_sample(jr.key(5), (128, 1))
     loss = sf.ssm_loss(p, num_steps=16)
     exact = lambda tt, v: p.prior.score(v)
     off = lambda tt, v: 1.3 * p.prior.score(v)
