@@ -506,3 +506,18 @@ def test_symbolic_fokker_planck_stationary(which, request):
     res = sf.checks.symbolic_fokker_planck(p)
     assert res.ok and res.residual == 0
     assert list(res.conditions.values()) == [0]  # zero flux
+
+
+def test_no_stationary_density_when_not_normalisable():
+    # exp(∫ 2 x^3) = exp(x^4 / 2) and (for f = x, g^2 = 1 + x^2) a constant density.
+    for f, g in ((x**3, 1), (x, sympy.sqrt(1 + x**2))):
+        assert sf.SDE(drift=f, diffusion=g).prior is None
+        with pytest.raises(ValueError, match="not normalisable"):
+            sf.SDE(drift=f, diffusion=g, prior="stationary")
+
+
+def test_drift_equal_to_x_is_symbolic():
+    # sf.x alone is a sympy Symbol; it must not be mistaken for a callable declaration.
+    p = sf.SDE(drift=x, diffusion=sympy.sqrt(1 + x**2))
+    assert "reverse SDE" in p.describe()
+    assert sympy.simplify(p.as_stratonovich().symbolic.f - x) == 0

@@ -42,6 +42,15 @@ PRIOR_KL_WARN = 1e-3
 mismatch warns."""
 
 
+CALLABLE_DRIFT = sympy.Symbol("drift")
+"""Placeholder drift of a process declared with Python callables."""
+
+
+def _declared_symbolically(d) -> bool:
+    """A sympy declaration (not callables). Note `sf.x` itself is a valid drift."""
+    return d is not None and d.drift != CALLABLE_DRIFT
+
+
 class PriorMismatchWarning(UserWarning):
     """The terminal marginal of the process is far from its declared prior."""
 
@@ -461,7 +470,7 @@ class AbstractDeclaredProcess(AbstractProcess):
         if (
             self._info.derivation is not None
             and self._info.derivation.source in ("sde", "interpolant")
-            and not isinstance(self._info.derivation.drift, sympy.Symbol)
+            and _declared_symbolically(self._info.derivation)
         ):
             rows = self._equation_rows(
                 sympy.sstr,
@@ -547,7 +556,7 @@ class AbstractDeclaredProcess(AbstractProcess):
         from ._public import SDE
 
         d = self._info.derivation
-        if d is None or isinstance(d.drift, sympy.Symbol):
+        if not _declared_symbolically(d):
             raise ValueError(
                 f"`{self._info.call}` was declared with Python callables; Itô <-> "
                 "Stratonovich conversion needs a sympy declaration."
@@ -750,7 +759,7 @@ def build_numeric(*, call: str, fns: dict, gaussian_reason: str, t0, t1):
     if gaussian_reason:
         d = _derive.Derivation(
             "sde",
-            sympy.Symbol("drift"),
+            CALLABLE_DRIFT,
             sympy.Symbol("g2"),
             None,
             None,

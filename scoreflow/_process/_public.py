@@ -21,6 +21,7 @@ from . import _derive
 from ._declared import (
     AbstractDeclaredProcess,
     _Call,
+    _declared_symbolically,
     _MomentODE,
     _params_dict,
     build_numeric,
@@ -162,7 +163,7 @@ def _resolve_prior(process, prior):
     `log_prob(x)`."""
     call = process._info.call
     d = process._info.derivation
-    symbolic = d is not None and not isinstance(d.drift, sympy.Symbol)
+    symbolic = _declared_symbolically(d)
     if prior is not None and process.has_gaussian_kernel:
         raise ValueError(
             f"`{call}` has a Gaussian kernel, whose prior is N(0, sigma(t1)^2 I); "

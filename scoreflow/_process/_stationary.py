@@ -60,7 +60,7 @@ def _table(expr: sympy.Expr, call: str):
     top = float(np.max(lw))
     if not math.isfinite(top):
         raise ValueError(f"`{call}`: the stationary log-density {expr} is not finite.")
-    inside = np.nonzero(lw > top - LOG_DENSITY_RANGE)[0]
+    inside = np.nonzero(lw >= top - LOG_DENSITY_RANGE)[0]
     if inside[0] == 0 or inside[-1] == len(wide) - 1:
         raise ValueError(
             f"`{call}`: the stationary density exp({expr}) is not normalisable (it does "
