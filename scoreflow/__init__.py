@@ -21,6 +21,7 @@ from ._process import (
     PriorMismatchWarning as PriorMismatchWarning,
     RectifiedFlow as RectifiedFlow,
     SDE as SDE,
+    StationaryDensity as StationaryDensity,
     SubVP as SubVP,
     SymbolicView as SymbolicView,
     VE as VE,
@@ -97,6 +98,7 @@ from ._sampling import (
     DPMSolverPP2M as DPMSolverPP2M,
     edm_grid as edm_grid,
     EDMHeun as EDMHeun,
+    forward_sde as forward_sde,
     log_snr_grid as log_snr_grid,
     PredictorCorrector as PredictorCorrector,
     probability_flow as probability_flow,
@@ -105,6 +107,7 @@ from ._sampling import (
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
     sample as sample,
+    sde_convention as sde_convention,
     uniform_grid as uniform_grid,
 )
 

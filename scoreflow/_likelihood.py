@@ -170,7 +170,28 @@ class LikelihoodInfo(eqx.Module):
     probe: str = eqx.field(static=True)
 
 
-def _velocity_fn(predictor) -> Callable:
+class _ScoreVelocity(eqx.Module):
+    r"""The PF-ODE velocity from a score, for processes without a Gaussian kernel:
+    $f - \tfrac12(\partial_x g^2 + g^2\,\text{score})$."""
+
+    process: AbstractProcess
+    predictor: Any
+
+    def __call__(self, t, x):
+        p = self.process
+        score = self.predictor.score(t, x)
+        if p.state_dependent_diffusion:
+            return p.drift(t, x) - 0.5 * (p.dg2_dx(t, x) + p.g2(t, x) * score)
+        return p.drift(t, x) - 0.5 * p.g2(t) * score
+
+
+def _velocity_fn(predictor, process=None) -> Callable:
+    if (
+        process is not None
+        and not getattr(process, "has_gaussian_kernel", True)
+        and callable(getattr(predictor, "score", None))
+    ):
+        return _ScoreVelocity(process, predictor)
     if hasattr(predictor, "velocity") and callable(predictor.velocity):
         return predictor.velocity
     if callable(predictor):
@@ -221,8 +242,11 @@ def log_likelihood(
     - `key`: a PRNG key, used only to draw the probe vectors of a stochastic trace
       (once, fixed for the whole solve); may be `None` for `trace="exact"`.
     - `process`: the forward process.
-    - `predictor`: an `sf.Predictor` (its `.velocity` is used), or a velocity
-      callable `v(t, x)` (time first, unbatched).
+    - `predictor`: an `sf.Predictor` (its `.velocity` is used; for a process
+      without a Gaussian kernel, its `.score` in the PF-ODE velocity
+      $f - \tfrac12(\partial_x g^2 + g^2\nabla\log p_t)$), or a velocity
+      callable `v(t, x)` (time first, unbatched). The prior is
+      `process.prior_log_prob` (e.g. the stationary density) unless given.
     - `x`: ONE unbatched example, any shape (`jax.vmap` for batches; pass the keys
       batched too, `jax.vmap(lambda k, x: ...)`).
     - `trace`: `"exact"` (Jacobian trace by `d` JVPs: small `d`), `"hutchinson"`
@@ -291,7 +315,7 @@ def log_likelihood(
             f"`{call}(trace={trace!r})`: a stochastic trace needs a PRNG key for its "
             "probe vectors (randomness is explicit); pass one as the first argument."
         )
-    velocity = _velocity_fn(predictor)
+    velocity = _velocity_fn(predictor, process)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))

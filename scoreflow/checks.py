@@ -117,6 +117,50 @@ def _fp(drift, g2, log_prob, t, x, relative):
     return r / (scale + _tiny(x.dtype))
 
 
+def _fp_state(drift, g2, log_prob, t, x, relative):
+    """FP residual for a diagonal state-dependent diffusion D(x) = g(t, x)^2:
+    r = d_t l + div f + f.grad l
+        - 1/2 sum_i [d_i^2 D_i + 2 d_i D_i d_i l + D_i (d_i^2 l + (d_i l)^2)]."""
+    t, x = _prepare(t, x)
+    shape = x.shape
+    flat = x.reshape(-1)
+    eye = jnp.eye(flat.size, dtype=flat.dtype)
+
+    def lp(tt, z):
+        return jnp.asarray(log_prob(tt, z.reshape(shape))).astype(flat.dtype)
+
+    dt = jax.jvp(lambda tt: lp(tt, flat), (t,), (jnp.ones_like(t),))[1]
+    grad_fn = jax.grad(lp, argnums=1)
+    grad, hvp = jax.linearize(lambda z: grad_fn(t, z), flat)
+    hdiag = jnp.diagonal(jax.vmap(hvp)(eye))
+    f, div_f = _field_and_divergence(drift, t, x)
+
+    def D(z):
+        out = jnp.asarray(g2(t, z.reshape(shape))).astype(flat.dtype)
+        return jnp.broadcast_to(out, shape).reshape(-1)
+
+    def d1(z, e):
+        return jax.jvp(D, (z,), (e,))[1]
+
+    Dx = D(flat)
+    dD = jnp.diagonal(jax.vmap(lambda e: d1(flat, e))(eye))
+    d2D = jnp.diagonal(
+        jax.vmap(lambda e: jax.jvp(lambda z: d1(z, e), (flat,), (e,))[1])(eye)
+    )
+    transport = jnp.sum(f * grad)
+    diff_terms = (d2D, 2 * dD * grad, Dx * hdiag, Dx * grad**2)
+    r = dt + div_f + transport - 0.5 * sum(jnp.sum(a) for a in diff_terms)
+    if not relative:
+        return r
+    scale = (
+        jnp.abs(dt)
+        + jnp.abs(div_f)
+        + jnp.abs(transport)
+        + 0.5 * sum(jnp.sum(jnp.abs(a)) for a in diff_terms)
+    )
+    return r / (scale + _tiny(x.dtype))
+
+
 def fokker_planck_residual(
     process,
     log_prob: Callable[[Array, Array], Scalar],
@@ -138,7 +182,13 @@ def fokker_planck_residual(
     **Arguments:**
 
     - `process`: any object with `.drift(t, x)` and `.g2(t)` (every scoreflow process;
-      non-affine drifts work too — the divergence is taken by autodiff).
+      non-affine drifts work too — the divergence is taken by autodiff). For a
+      state-dependent diagonal diffusion (`process.state_dependent_diffusion`,
+      `.g2(t, x)`) the equation is
+      $\partial_t p = -\nabla\cdot(f p) + \tfrac12\sum_i\partial_i^2(g_i^2 p)$,
+      i.e. $r$ gains $-\tfrac12\sum_i[\partial_i^2 g_i^2
+      + 2\,\partial_i g_i^2\,\partial_i\ell]$ and $g^2(\Delta\ell + |\nabla\ell|^2)$
+      becomes $\sum_i g_i^2(\partial_i^2\ell + (\partial_i\ell)^2)$.
     - `log_prob`: the candidate marginal `log_prob(t, x) -> scalar`, time first.
     - `t`: a scalar time ($t = 0$ data).
     - `x`: one unbatched point, any shape.
@@ -152,6 +202,8 @@ def fokker_planck_residual(
     sf.checks.fokker_planck_residual(vp, lp, 0.3, x)   # ~1e-16 in float64
     ```
     """
+    if getattr(process, "state_dependent_diffusion", False):
+        return _fp_state(process.drift, process.g2, log_prob, t, x, relative)
     return _fp(process.drift, process.g2, log_prob, t, x, relative)
 
 
@@ -208,6 +260,24 @@ def reverse_fokker_planck_residual(
     """
     t1 = process.t1
 
+    def log_q(u, y):
+        return log_prob(t1 - u, y)
+
+    t, x = _prepare(t, x)
+    if getattr(process, "state_dependent_diffusion", False):
+
+        def drift_x(u, y):
+            s = t1 - u
+            return (
+                -process.drift(s, y)
+                + process.g2(s, y) * score(s, y)
+                + process.dg2_dx(s, y)
+            )
+
+        return _fp_state(
+            drift_x, lambda u, y: process.g2(t1 - u, y), log_q, t1 - t, x, relative
+        )
+
     def drift(u, y):
         s = t1 - u
         return -process.drift(s, y) + process.g2(s) * score(s, y)
@@ -215,10 +285,6 @@ def reverse_fokker_planck_residual(
     def g2(u):
         return process.g2(t1 - u)
 
-    def log_q(u, y):
-        return log_prob(t1 - u, y)
-
-    t, x = _prepare(t, x)
     return _fp(drift, g2, log_q, t1 - t, x, relative)
 
 
@@ -445,6 +511,25 @@ def _abs_scale(expr):
     return sympy.Add(*[sympy.Abs(a) for a in args])
 
 
+def _symbolic_stationary(process, info):
+    s = process.symbolic
+    ell = process.prior.expr
+    p = sympy.exp(ell)
+    flux = s.f * p - sympy.diff(s.g2 * p, X) / 2
+    residual = _simplify(-sympy.diff(flux, X) / p)
+    cond = _simplify(flux / p)
+    return FokkerPlanckResult(
+        ok=residual == 0,
+        residual=residual,
+        proof="symbolic",
+        log_density=ell,
+        conditions={"flux / p = f - (g^2 p)' / (2 p)": cond},
+        sde=info.call,
+        kernel="stationary density",
+        data="stationary",
+    )
+
+
 def symbolic_fokker_planck(
     process,
     *,
@@ -486,8 +571,13 @@ def symbolic_fokker_planck(
     `.residual` (0 when consistent). Results are cached per symbolic declaration,
     so checking many parameter draws of one family is cheap.
 
-    **Raises:** `ValueError` for a process declared with callables, or whose drift
-    is not affine (no Gaussian kernel).
+    For a process without a Gaussian kernel whose prior is its stationary density
+    ([`scoreflow.StationaryDensity`][]), the check is instead that $p_\infty$ solves
+    the stationary equation $0 = -\partial_x(f p) + \tfrac12\partial_x^2(g^2 p)$
+    (residual divided by $p$; `conditions` holds the zero-flux condition).
+
+    **Raises:** `ValueError` for a process declared with callables, or without a
+    Gaussian kernel and without a stationary-density prior.
     """
     if data not in ("point", "gaussian"):
         raise ValueError(
@@ -497,6 +587,11 @@ def symbolic_fokker_planck(
     info, d = _info(process)
     kernel_process = process if kernel is None else kernel
     kinfo, kd = _info(kernel_process)
+    if kd.alpha is None and kernel is None:
+        from ._process._stationary import StationaryDensity
+
+        if isinstance(getattr(process, "prior", None), StationaryDensity):
+            return _symbolic_stationary(process, info)
     if kd.alpha is None:
         raise ValueError(
             f"`sf.checks.symbolic_fokker_planck`: `{kinfo.call}` has no Gaussian "

@@ -32,6 +32,7 @@ CASES = [
     pytest.param("custom_process.py", ["custom_process.png"], id="custom_process"),
     pytest.param("bridge_2d.py", ["bridge_2d.png"], id="bridge_2d"),
     pytest.param("learned_schedule.py", ["learned_schedule.png"], id="learned_schedule"),
+    pytest.param("double_well.py", ["double_well.png"], id="double_well"),
 ]
 
 

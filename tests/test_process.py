@@ -374,8 +374,10 @@ def test_free_symbols_rejected():
     a = sympy.Symbol("a")
     with pytest.raises(ValueError, match=r"free symbol\(s\) a.*params="):
         sf.SDE(-a * sf.x, 1)
-    with pytest.raises(ValueError, match="may only depend on sf.t"):
-        sf.SDE(-sf.x, sf.x)  # diffusion may not depend on x
+    with pytest.raises(ValueError, match="may only depend on sf.t and sf.x"):
+        sf.SDE(-sf.x, a * sf.x)
+    # A diffusion in x is a state-dependent diffusion (tests/test_nonlinear.py).
+    assert sf.SDE(-sf.x, sf.x).state_dependent_diffusion
 
 
 def test_bad_times_and_parameters():

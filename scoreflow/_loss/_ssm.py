@@ -17,8 +17,8 @@ from ._time_sampler import AbstractTimeSampler, as_time_sampler
 
 
 def simulate_forward(process: AbstractProcess, key, x0, t, *, num_steps: int = 64):
-    r"""One forward path $dx = f(t, x)\,dt + g(t)\,dW$ from $x(0) = $ `x0` to time `t`
-    by Euler–Maruyama (diffrax, `UnsafeBrownianPath`) with step
+    r"""One forward path $dx = f(t, x)\,dt + g(t, x)\,dW$ (Itô) from $x(0) = $ `x0`
+    to time `t` by Euler–Maruyama (diffrax, `UnsafeBrownianPath`) with step
     $t_1/$`num_steps` (the last step shortened to land on `t`).
 
     **Arguments:** `key`; `x0` one unbatched data point; `t` a scalar in
@@ -32,11 +32,20 @@ def simulate_forward(process: AbstractProcess, key, x0, t, *, num_steps: int = 6
     dt = jnp.asarray(process.t1 / num_steps, dtype)
     end = jnp.maximum(t, jnp.finfo(dtype).tiny * 1e6)
     drift = diffrax.ODETerm(lambda s, y, args: process.drift(s, y).astype(dtype))
+    if getattr(process, "state_dependent_diffusion", False):
+        # Euler-Maruyama converges to the Itô reading, which is how f is stored.
+        def diffusion(s, y, args):
+            return lx.DiagonalLinearOperator(process.diffusion(s, y).astype(dtype))
+
+    else:
+
+        def diffusion(s, y, args):
+            return lx.DiagonalLinearOperator(
+                jnp.broadcast_to(process.diffusion(s).astype(dtype), y.shape)
+            )
+
     noise = diffrax.ControlTerm(
-        lambda s, y, args: lx.DiagonalLinearOperator(
-            jnp.broadcast_to(process.diffusion(s).astype(dtype), y.shape)
-        ),
-        diffrax.UnsafeBrownianPath(shape=x0.shape, key=key),
+        diffusion, diffrax.UnsafeBrownianPath(shape=x0.shape, key=key)
     )
     sol = diffrax.diffeqsolve(
         diffrax.MultiTerm(drift, noise),
@@ -102,7 +111,7 @@ def _ssm_weighting(weighting, call):
     if weighting == "uniform":
         return lambda process, t: jnp.ones_like(t)
     if weighting == "likelihood":
-        return lambda process, t: process.g2(t)
+        return lambda process, t: process.g2(t)  # x-free g only (checked below)
     if callable(weighting):
         return weighting
     raise ValueError(
@@ -139,7 +148,8 @@ def ssm_loss(
 
     **Arguments:**
 
-    - `process`: any process (only `drift`, `diffusion` and `t1` are used).
+    - `process`: any process (only `drift`, `diffusion` and `t1` are used),
+      including a state-dependent diffusion $g(t, x)$ (simulated in Itô form).
     - `weighting`: `"uniform"` ($w = 1$), `"likelihood"` ($w = g^2$) or a callable
       `w(process, t)`.
     - `time_sampler`: as for [`scoreflow.dsm_loss`][] (default uniform on
@@ -154,6 +164,13 @@ def ssm_loss(
     [arXiv:1905.07088](https://arxiv.org/abs/1905.07088)
     """
     call = "sf.ssm_loss"
+    if weighting == "likelihood" and getattr(
+        process, "state_dependent_diffusion", False
+    ):
+        raise ValueError(
+            f"`{call}`: weighting='likelihood' (g(t)^2) needs a diffusion that does not "
+            "depend on x; use 'uniform' or a callable w(process, t)."
+        )
     return SSMLoss(
         process=process,
         weighting=_ssm_weighting(weighting, call),

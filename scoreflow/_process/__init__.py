@@ -22,3 +22,4 @@ from ._public import (
     RectifiedFlow as RectifiedFlow,
     SubVP as SubVP,
 )
+from ._stationary import StationaryDensity as StationaryDensity

@@ -19,7 +19,9 @@ class AbstractProcess(eqx.Module):
     When the drift is $f(t)\,x$ the transition kernel from data is Gaussian,
     $x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$ with $\varepsilon \sim N(0, I)$,
     and every method below is available. Coefficients are scalar (they multiply
-    every coordinate of `x` alike).
+    every coordinate of `x` alike). A declared process may also have a non-affine
+    drift or an elementwise diffusion $g(t, x)$ (`has_gaussian_kernel` is then
+    False and only the drift, diffusion and score-driven dynamics are defined).
     """
 
     t0: AbstractVar[float]
@@ -63,9 +65,24 @@ class AbstractProcess(eqx.Module):
 
     # ---- derived, shared by every process -----------------------------------
 
-    def diffusion(self, t: ScalarLike) -> Scalar:
-        r"""Diffusion coefficient $g(t) = \sqrt{g(t)^2}$."""
-        return jnp.sqrt(self.g2(t))
+    def diffusion(self, t: ScalarLike, x=None) -> Scalar:
+        r"""Diffusion coefficient $g(t) = \sqrt{g(t)^2}$ (elementwise $g(t, x)$ for
+        a state-dependent diffusion, which needs `x`)."""
+        return jnp.sqrt(self.g2(t) if x is None else self.g2(t, x))
+
+    @property
+    def has_gaussian_kernel(self) -> bool:
+        """Whether the transition kernel is Gaussian (static)."""
+        return True
+
+    @property
+    def state_dependent_diffusion(self) -> bool:
+        """Whether the diffusion depends on the state $x$ (static)."""
+        return False
+
+    def dg2_dx(self, t: ScalarLike, x):
+        r"""$\partial_x g^2$ elementwise (zero unless the diffusion depends on x)."""
+        return jnp.zeros_like(jnp.asarray(x))
 
     def f(self, t: ScalarLike) -> Scalar:
         r"""Linear drift coefficient $f(t) = \dot\alpha(t) / \alpha(t)$ (drift $= f(t)\,x$)."""

@@ -8,6 +8,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -22,7 +23,7 @@ import sympy2jax
 
 from .._custom_types import Scalar, ScalarLike
 from .._symbols import t as T_SYM, x as X_SYM
-from . import _derive
+from . import _derive, _stationary
 from ._base import AbstractProcess
 
 LOG_SNR_MAX = 2 * math.log(1e3)
@@ -39,6 +40,15 @@ dimension, while the drift $\dot\alpha/\alpha$ stays finite."""
 PRIOR_KL_WARN = 1e-3
 """Per-dimension KL (unit-variance data) above which a terminal-marginal/prior
 mismatch warns."""
+
+
+CALLABLE_DRIFT = sympy.Symbol("drift")
+"""Placeholder drift of a process declared with Python callables."""
+
+
+def _declared_symbolically(d) -> bool:
+    """A sympy declaration (not callables). Note `sf.x` itself is a valid drift."""
+    return d is not None and d.drift != CALLABLE_DRIFT
 
 
 class PriorMismatchWarning(UserWarning):
@@ -157,9 +167,15 @@ class Endpoints:
             f"t0 = {self.t0:.6g}: {self.reason_t0}",
             f"t1 = {self.t1:.6g}: {self.reason_t1}",
         ]
-        lines.append(
-            f"prior mismatch (unit-variance data): KL = {self.prior_kl:.3g} per dimension"
-        )
+        if math.isnan(self.prior_kl):
+            lines.append(
+                "prior mismatch: not applicable (no Gaussian kernel; see `process.prior`)"
+            )
+        else:
+            lines.append(
+                "prior mismatch (unit-variance data): KL = "
+                f"{self.prior_kl:.3g} per dimension"
+            )
         for name, at, value in self.limits:
             lines.append(f"  lim {name} as t -> {at}: {value}")
         return "\n".join(lines)
@@ -175,6 +191,7 @@ class _Info:
     endpoints: Endpoints
     numeric: bool  # kernel computed numerically (no closed form or callables)
     horizon: float
+    convention: str = "ito"  # how the drift was declared: "ito" or "stratonovich"
 
 
 # --------------------------------------------------------------------------- #
@@ -189,6 +206,7 @@ class AbstractDeclaredProcess(AbstractProcess):
 
     params: dict[str, jax.Array]
     _fns: dict[str, eqx.Module]
+    prior: Any
     _info: _Info = eqx.field(static=True)
     t0: float = eqx.field(static=True)
     t1: float = eqx.field(static=True)
@@ -240,8 +258,69 @@ class AbstractDeclaredProcess(AbstractProcess):
         self._need_kernel("f")
         return self._fns["f"](_as_time(t), self.params)
 
-    def g2(self, t):
+    @property
+    def has_gaussian_kernel(self) -> bool:
+        """Whether the transition kernel is Gaussian (drift $f(t)x$, diffusion $g(t)$);
+        static, so code branches on it at trace time."""
+        return "alpha" in self._fns or "moments" in self._fns
+
+    @property
+    def state_dependent_diffusion(self) -> bool:
+        """Whether the diffusion $g(t, x)$ depends on $x$ (static)."""
+        return bool(getattr(self._fns["g2"], "uses_x", False))
+
+    def g2(self, t, x=None):
+        r"""Squared diffusion $g(t)^2$, or $g(t, x)^2$ elementwise (then `x` is
+        required) for a state-dependent diffusion."""
+        if self.state_dependent_diffusion:
+            if x is None:
+                raise ValueError(
+                    f"`{self._info.call}`: the diffusion depends on x, so g2(t, x) and "
+                    "diffusion(t, x) need the state x."
+                )
+            x = jnp.asarray(x)
+            return self._fns["g2"](_as_time(t).astype(x.dtype), self.params, x)
         return self._fns["g2"](_as_time(t), self.params)
+
+    def dg2_dx(self, t, x):
+        r"""$\partial_x g(t, x)^2$ elementwise (derived with sympy); zeros when the
+        diffusion does not depend on $x$. This is the divergence of $g g^\top$ for
+        diagonal noise, the extra drift of the reverse SDE (Anderson 1982)."""
+        x = jnp.asarray(x)
+        if not self.state_dependent_diffusion:
+            return jnp.zeros_like(x)
+        out = self._fns["dg2"](_as_time(t).astype(x.dtype), self.params, x)
+        return jnp.broadcast_to(out, jnp.broadcast_shapes(jnp.shape(out), x.shape))
+
+    def stratonovich_drift(self, t, x):
+        r"""The drift of the same process read in Stratonovich form,
+        $f_S = f - \tfrac12 g\,\partial_x g = f - \tfrac14\partial_x g^2$
+        (elementwise; equal to `drift` for x-independent noise)."""
+        f = self.drift(t, x)
+        if not self.state_dependent_diffusion:
+            return f
+        return f - 0.25 * self.dg2_dx(t, x)
+
+    def prior_sample(self, key, shape, dtype=None):
+        if self.prior is None:
+            self._need_prior("prior_sample")
+            return super().prior_sample(key, shape, dtype)
+        return self.prior.sample(key, shape, dtype)
+
+    def prior_log_prob(self, x):
+        if self.prior is None:
+            self._need_prior("prior_log_prob")
+            return super().prior_log_prob(x)
+        return self.prior.log_prob(x)
+
+    def _need_prior(self, what):
+        if not self.has_gaussian_kernel:
+            raise ValueError(
+                f"`{self._info.call}` has no Gaussian kernel and no prior, so `{what}` "
+                "is undefined. Pass prior= (an object with sample(key, shape, dtype) and "
+                "log_prob(x), e.g. sf.StationaryDensity) to sf.SDE; a time-homogeneous "
+                "SDE with a normalisable stationary density gets it automatically."
+            )
 
     def log_snr(self, t):
         self._need_kernel("log_snr")
@@ -296,14 +375,22 @@ class AbstractDeclaredProcess(AbstractProcess):
             return None if e is None else _derive._simplify(e.subs(sub))
 
         g2 = S(d.g2)
+        f = S(d.drift)
+        dg2 = _derive._simplify(sympy.diff(g2, X_SYM))
+        stationary = None
+        if isinstance(self.prior, _stationary.StationaryDensity):
+            stationary = self.prior.expr
         return SymbolicView(
-            f=S(d.drift),
+            f=f,
             g=_derive._simplify(sympy.sqrt(g2)),
             g2=g2,
             alpha=S(d.alpha),
             sigma=S(d.sigma),
             log_snr=S(d.log_snr),
             closed_form=d.closed_form,
+            dg2_dx=dg2,
+            f_stratonovich=_derive._simplify(f - dg2 / 4),
+            stationary_log_density=stationary,
         )
 
     def equations(self) -> dict[str, sympy.Eq]:
@@ -314,12 +401,24 @@ class AbstractDeclaredProcess(AbstractProcess):
         score = sympy.Function("s")(T_SYM, X_SYM)
         eqs = {
             "forward SDE": sympy.Eq(dx, s.f * dt + s.g * dW),
-            "reverse SDE": sympy.Eq(dx, (s.f - s.g2 * score) * dt + s.g * dWbar),
+            "reverse SDE": sympy.Eq(
+                dx, (s.f - s.dg2_dx - s.g2 * score) * dt + s.g * dWbar
+            ),
             "probability-flow ODE": sympy.Eq(
                 sympy.Derivative(sympy.Function("x")(T_SYM), T_SYM),
-                s.f - s.g2 / 2 * score,
+                s.f - s.dg2_dx / 2 - s.g2 / 2 * score,
             ),
         }
+        if s.dg2_dx != 0:
+            circ = sympy.Symbol("circ")
+            eqs["forward SDE (Stratonovich)"] = sympy.Eq(
+                dx, s.f_stratonovich * dt + s.g * circ * dW
+            )
+        if s.stationary_log_density is not None:
+            eqs["stationary density"] = sympy.Eq(
+                sympy.Function("p_inf")(X_SYM),
+                sympy.exp(s.stationary_log_density) / sympy.Symbol("Z"),
+            )
         if s.alpha is not None:
             x0, eps, xt = sympy.symbols("x_0 epsilon x_t")
             eqs["kernel"] = sympy.Eq(xt, s.alpha * x0 + s.sigma * eps)
@@ -330,6 +429,14 @@ class AbstractDeclaredProcess(AbstractProcess):
         rows = [
             ("forward SDE", f"dx = {wrap(fmt(s.f))} dt + {wrap(fmt(s.g))} dW"),
         ]
+        state_dep = s.dg2_dx != 0
+        if state_dep:
+            rows.append(
+                (
+                    "Strat. form",
+                    f"dx = {wrap(fmt(s.f_stratonovich))} dt + {wrap(fmt(s.g))} {sub['circ']} dW",
+                )
+            )
         if s.alpha is not None:
             rows.append(
                 (
@@ -337,13 +444,24 @@ class AbstractDeclaredProcess(AbstractProcess):
                     f"x_t = {wrap(fmt(s.alpha))} x_0 + {wrap(fmt(s.sigma))} {sub['eps']}",
                 )
             )
+        div = f" - {wrap(fmt(s.dg2_dx))}" if state_dep else ""
+        half_div = f" - {wrap(fmt(s.dg2_dx / 2))}" if state_dep else ""
         rows.append(
             (
                 "reverse SDE",
-                f"dx = [{fmt(s.f)} - {wrap(fmt(s.g2))} {score}] dt + {wrap(fmt(s.g))} {sub['dWbar']}",
+                f"dx = [{fmt(s.f)}{div} - {wrap(fmt(s.g2))} {score}] dt + {wrap(fmt(s.g))} {sub['dWbar']}",
             )
         )
-        rows.append(("PF-ODE", f"dx/dt = {fmt(s.f)} - {wrap(fmt(s.g2 / 2))} {score}"))
+        rows.append(
+            ("PF-ODE", f"dx/dt = {fmt(s.f)}{half_div} - {wrap(fmt(s.g2 / 2))} {score}")
+        )
+        if s.stationary_log_density is not None:
+            rows.append(
+                (
+                    "stationary",
+                    f"p_inf(x) = {wrap(fmt(_derive._simplify(sympy.exp(s.stationary_log_density))))} / Z",
+                )
+            )
         return rows
 
     def describe(self) -> str:
@@ -352,13 +470,13 @@ class AbstractDeclaredProcess(AbstractProcess):
         if (
             self._info.derivation is not None
             and self._info.derivation.source in ("sde", "interpolant")
-            and not isinstance(self._info.derivation.drift, sympy.Symbol)
+            and _declared_symbolically(self._info.derivation)
         ):
             rows = self._equation_rows(
                 sympy.sstr,
                 lambda e: f"({e})",
                 "s(t, x)",
-                {"eps": "eps", "dWbar": "dW_bar"},
+                {"eps": "eps", "dWbar": "dW_bar", "circ": "o"},
             )
             for name, text in rows:
                 lines.append(f"  {name + ':':13s}{text}")
@@ -366,6 +484,13 @@ class AbstractDeclaredProcess(AbstractProcess):
                 "  where s(t, x) = grad_x log p_t(x); the reverse SDE and the PF-ODE run "
                 "from t1 down to t0 (dW_bar: reverse-time Brownian motion)"
             )
+            if self.state_dependent_diffusion:
+                lines.append(
+                    "  (Itô form; the extra term is the divergence d/dx g^2 of g g^T, "
+                    "Anderson 1982; 'o dW' marks the Stratonovich reading)"
+                )
+        if not self.has_gaussian_kernel:
+            lines.append("  prior: " + _prior_text(self.prior))
         if self._info.numeric:
             lines.append(
                 "  kernel integrals: no closed form; computed numerically (diffrax moment ODEs)"
@@ -380,7 +505,7 @@ class AbstractDeclaredProcess(AbstractProcess):
             sympy.latex,
             lambda e: rf"\left({e}\right)",
             r"\nabla_x \log p_t(x)",
-            {"eps": r"\varepsilon", "dWbar": r"d\bar W"},
+            {"eps": r"\varepsilon", "dWbar": r"d\bar W", "circ": r"\circ"},
         )
         body = " \\\\\n".join(rf"\text{{{name}}}:&\quad {text}" for name, text in rows)
         return "\\begin{aligned}\n" + body + "\n\\end{aligned}"
@@ -413,6 +538,40 @@ class AbstractDeclaredProcess(AbstractProcess):
             t0=self.t0,
             t1=self.t1,
             params={s: self.params[s.name] for s in self._info.param_symbols},
+            prior=self.prior,
+        )
+
+    def as_stratonovich(self):
+        r"""The same process declared in Stratonovich form: `sf.SDE(drift=f_S,
+        diffusion=g, stratonovich=True)` with $f_S = f - \tfrac12 g\,\partial_x g$
+        (sympy, exact). Same law, same derived quantities; only the declaration (and
+        `describe()`) differ. Inverse: [`as_ito`][scoreflow.SDE.as_ito]."""
+        return self._redeclare("stratonovich")
+
+    def as_ito(self):
+        """The same process declared in Itô form (`stratonovich=False`)."""
+        return self._redeclare("ito")
+
+    def _redeclare(self, convention):
+        from ._public import SDE
+
+        d = self._info.derivation
+        if not _declared_symbolically(d):
+            raise ValueError(
+                f"`{self._info.call}` was declared with Python callables; Itô <-> "
+                "Stratonovich conversion needs a sympy declaration."
+            )
+        f = d.drift
+        if convention == "stratonovich":
+            f = _derive._simplify(f - sympy.diff(d.g2, X_SYM) / 4)
+        return SDE(
+            f,
+            _derive._simplify(sympy.sqrt(d.g2)),
+            t0=self.t0,
+            t1=self.t1,
+            params={s: self.params[s.name] for s in self._info.param_symbols},
+            prior=self.prior,
+            stratonovich=convention == "stratonovich",
         )
 
     def as_interpolant(self):
@@ -442,6 +601,23 @@ class SymbolicView:
     sigma: sympy.Expr | None
     log_snr: sympy.Expr | None
     closed_form: bool
+    dg2_dx: sympy.Expr = sympy.Integer(0)
+    r"""$\partial_x g^2$ (the divergence of $g g^\top$ for diagonal noise)."""
+    f_stratonovich: sympy.Expr | None = None
+    r"""The drift read in Stratonovich form, $f - \tfrac14\partial_x g^2$."""
+    stationary_log_density: sympy.Expr | None = None
+    r"""Unnormalised $\log p_\infty(x)$ when the prior is the stationary density."""
+
+
+def _prior_text(prior) -> str:
+    if prior is None:
+        return "none (pass prior= to sample from the reverse dynamics)"
+    if isinstance(prior, _stationary.StationaryDensity):
+        return (
+            f"stationary density p_inf(x) ∝ exp({prior.expr}) (per coordinate); the "
+            "terminal marginal p_t1 approaches it as t1 grows"
+        )
+    return f"user-supplied {type(prior).__name__}"
 
 
 def _as_time(t):
@@ -558,6 +734,10 @@ def build_symbolic(
     fns: dict[str, eqx.Module] = {"g2": _Sym(stable(d.g2, "g2"))}
     if not d.gaussian:
         fns["drift"] = _Sym(d.drift)
+        if d.g2.has(X_SYM):
+            # The plain derivative of the expanded g^2: simplify() tends to factor
+            # e.g. exp(-x^2) into 1/exp(x^2), which overflows in float32.
+            fns["dg2"] = _Sym(sympy.expand(sympy.diff(d.g2, X_SYM)))
     else:
         fns["f"] = _Sym(stable(d.f))
         if d.closed_form:
@@ -579,7 +759,7 @@ def build_numeric(*, call: str, fns: dict, gaussian_reason: str, t0, t1):
     if gaussian_reason:
         d = _derive.Derivation(
             "sde",
-            sympy.Symbol("drift"),
+            CALLABLE_DRIFT,
             sympy.Symbol("g2"),
             None,
             None,
@@ -813,7 +993,7 @@ def _finish(call, d, param_symbols, params, fns, t0, t1, horizon, mp):
         numeric=gaussian and mp is None,
         horizon=horizon,
     )
-    return dict(params=params, _fns=fns, _info=info, t0=t0v, t1=t1v)
+    return dict(params=params, _fns=fns, prior=None, _info=info, t0=t0v, t1=t1v)
 
 
 def _solve_time(lam, target, lo, hi, call, which):
@@ -862,6 +1042,9 @@ def _grid(t0, t1):
 def _validate_grid(call, d, fns, params, t0, t1, gaussian, mp):
     """Every coefficient finite in float32 on a dense grid; g^2 >= 0."""
     grid = _grid(t0, t1)
+    if getattr(fns["g2"], "uses_x", False):
+        _validate_state_dependent(call, fns, params, grid)
+        return
     if mp is not None and "g2" in mp:
         _check_g2(call, d, mp["g2"], grid)
     to32 = lambda leaf: leaf.astype(jnp.float32) if eqx.is_inexact_array(leaf) else leaf
@@ -907,6 +1090,36 @@ def _validate_grid(call, d, fns, params, t0, t1, gaussian, mp):
             "2 (alpha'/alpha) sigma^2 must be >= 0: sigma must grow at least as fast "
             "as alpha shrinks."
         )
+
+
+_X_PROBE = np.concatenate(
+    [-np.geomspace(1e-3, 10.0, 9)[::-1], [0.0], np.geomspace(1e-3, 10.0, 9)]
+)
+
+
+def _validate_state_dependent(call, fns, params, grid):
+    """g(t, x)^2 and its x-derivative finite (float32) and g^2 >= 0 on a grid of
+    times and probe states |x| <= 10."""
+    tt, xx = np.meshgrid(grid[::8], _X_PROBE, indexing="ij")
+    ts, xs = jnp.asarray(tt, jnp.float32), jnp.asarray(xx, jnp.float32)
+    to32 = lambda leaf: leaf.astype(jnp.float32) if eqx.is_inexact_array(leaf) else leaf
+    fns32, params32 = jtu.tree_map(to32, (fns, params))
+    with jax.numpy_dtype_promotion("standard"):
+        for name in ("g2", "dg2"):
+            vals = np.asarray(fns32[name](ts, params32, xs))
+            bad = ~np.isfinite(vals)
+            if bad.any():
+                i = np.unravel_index(int(np.argmax(bad)), bad.shape)
+                raise ValueError(
+                    f"`{call}`: {name}(t={tt[i]:.4g}, x={xx[i]:.4g}) = {vals[i]} is not "
+                    "finite in float32; the diffusion must stay finite on [t0, t1]."
+                )
+            if name == "g2" and (vals < 0).any():
+                i = np.unravel_index(int(np.argmax(vals < 0)), vals.shape)
+                raise ValueError(
+                    f"`{call}`: g(t, x)^2 = {vals[i]:.4g} < 0 at t={tt[i]:.4g}, "
+                    f"x={xx[i]:.4g}."
+                )
 
 
 def _check_g2(call, d, g2_expr, grid):

@@ -278,8 +278,8 @@ class Derivation:
     """
 
     source: str  # "sde" or "interpolant"
-    drift: sympy.Expr  # full drift f(t, x)
-    g2: sympy.Expr  # squared diffusion g(t)^2
+    drift: sympy.Expr  # full (Itô) drift f(t, x)
+    g2: sympy.Expr  # squared diffusion g(t)^2 (or g(t, x)^2, elementwise)
     f: sympy.Expr | None  # linear coefficient: drift = f(t) x
     alpha: sympy.Expr | None
     sigma2: sympy.Expr | None
@@ -356,6 +356,12 @@ def derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
 def _derive_from_sde(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
     """alpha = exp(∫_0^t f),  sigma² = alpha² ∫_0^t g²/alpha²."""
     g2 = sympy.powsimp(sympy.expand(g**2))
+    if g2.has(x):
+        reason = (
+            f"the diffusion g = {g} depends on x (state-dependent noise), so the "
+            "transition kernel is not Gaussian"
+        )
+        return Derivation("sde", drift, g2, None, None, None, False, reason)
     f, reason = _linear_part(drift)
     if f is None:
         return Derivation("sde", drift, g2, None, None, None, False, reason)

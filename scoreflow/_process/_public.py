@@ -6,6 +6,7 @@ Every built-in is declared through exactly the same machinery a user gets
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import equinox as eqx
@@ -20,11 +21,13 @@ from . import _derive
 from ._declared import (
     AbstractDeclaredProcess,
     _Call,
+    _declared_symbolically,
     _MomentODE,
     _params_dict,
     build_numeric,
     build_symbolic,
 )
+from ._stationary import StationaryDensity
 
 
 def _is_symbolic(v) -> bool:
@@ -42,7 +45,7 @@ def _fmt(v) -> str:
 
 class SDE(AbstractDeclaredProcess):
     r"""A forward process declared by its drift and diffusion,
-    $dx = f(t, x)\,dt + g(t)\,dW$.
+    $dx = f(t, x)\,dt + g(t)\,dW$ (or $g(t, x)\,dW$, elementwise).
 
     When the drift is affine, $f(t, x) = f(t)\,x$, scoreflow derives the Gaussian
     kernel $x_t = \alpha(t) x_0 + \sigma(t)\varepsilon$ with sympy:
@@ -57,11 +60,22 @@ class SDE(AbstractDeclaredProcess):
 
     - `drift`: a sympy expression in `sf.t` and `sf.x` (or a string, or a Python
       callable `drift(t, x)`).
-    - `diffusion`: $g(t) \ge 0$, a sympy expression in `sf.t` (or a callable `g(t)`).
+    - `diffusion`: $g(t) \ge 0$, a sympy expression in `sf.t` (or a callable `g(t)`);
+      it may depend on `sf.x` (diagonal state-dependent noise, sympy only; only
+      $g^2$ enters). The reverse SDE then gains $-\partial_x g^2$ (Anderson 1982),
+      see [Non-affine drifts and g(t, x)](../concepts/nonlinear.md).
     - `t0`, `t1`: the time range. `None` (default) chooses them by endpoint analysis
       (`process.endpoints` says why); explicit values are validated.
     - `params`: `{symbol or name: value}` for named constants in the expressions;
       they become trainable array leaves (`process.params`).
+    - `stratonovich`: read `drift` as the Stratonovich drift $f_S$; the Itô drift
+      $f = f_S + \tfrac12 g\,\partial_x g$ is derived with sympy (it is what the
+      process stores; see `as_stratonovich()` / `as_ito()`).
+    - `prior`: only for processes without a Gaussian kernel (non-affine drift or
+      $g(t, x)$): `None` (the stationary density
+      [`scoreflow.StationaryDensity`][] of a time-homogeneous SDE when derivable,
+      else no prior), `"stationary"`, or an object with `sample(key, shape, dtype)`
+      and `log_prob(x)`. Gaussian processes keep $N(0, \sigma(t_1)^2 I)$.
 
     **Raises:** `ValueError` for free symbols other than `t`/`x` (and `params`),
     a negative diffusion, `t0 >= t1`, non-finite coefficients in float32 on
@@ -82,6 +96,8 @@ class SDE(AbstractDeclaredProcess):
         t0: float | None = None,
         t1: float | None = None,
         params: Mapping | None = None,
+        stratonovich: bool = False,
+        prior=None,
     ):
         if _is_symbolic(drift) and _is_symbolic(diffusion):
             syms, vals = _params_dict(params, "sf.SDE")
@@ -90,13 +106,22 @@ class SDE(AbstractDeclaredProcess):
                 drift, call=call0, argname="drift", allowed=("t", "x"), params=syms
             )
             g_expr = _derive.to_expr(
-                diffusion, call=call0, argname="diffusion", allowed=("t",), params=syms
+                diffusion,
+                call=call0,
+                argname="diffusion",
+                allowed=("t", "x"),
+                params=syms,
             )
             call = f"sf.SDE(drift={f_expr}, diffusion={g_expr})"
+            f_ito = f_expr
+            if stratonovich:
+                call = call[:-1] + ", stratonovich=True)"
+                # Itô drift = Stratonovich drift + (1/2) g dg/dx = + (1/4) d(g^2)/dx.
+                f_ito = _derive._simplify(f_expr + sympy.diff(g_expr**2, x) / 4)
             fields = build_symbolic(
                 call=call,
                 source="sde",
-                exprs=(f_expr, g_expr),
+                exprs=(f_ito, g_expr),
                 param_symbols=syms,
                 params=vals,
                 t0=t0,
@@ -108,6 +133,11 @@ class SDE(AbstractDeclaredProcess):
                     "`sf.SDE(...)`: params= is only for sympy declarations; a callable "
                     "closes over its own constants."
                 )
+            if stratonovich:
+                raise ValueError(
+                    "`sf.SDE(..., stratonovich=True)`: the Stratonovich correction is "
+                    "derived with sympy; declare drift and diffusion as expressions."
+                )
             call = f"sf.SDE(drift={_name(drift)}, diffusion={_name(diffusion)})"
             fields = _numeric_sde(call, drift, diffusion, t1)
             fields = build_numeric(call=call, t0=t0, t1=t1, **fields)
@@ -117,8 +147,53 @@ class SDE(AbstractDeclaredProcess):
                 "(and sf.x), or both as Python callables drift(t, x) and diffusion(t); "
                 f"got {type(drift).__name__} and {type(diffusion).__name__}."
             )
+        if stratonovich:
+            fields["_info"] = dataclasses.replace(
+                fields["_info"], convention="stratonovich"
+            )
         for k, v in fields.items():
             setattr(self, k, v)
+        self.prior = _resolve_prior(self, prior)
+
+
+def _resolve_prior(process, prior):
+    """`None`: the kernel's N(0, sigma(t1)^2) when Gaussian, else the stationary
+    density when one is derivable, else no prior. `"stationary"`: that density (or a
+    ValueError). Anything else must offer `sample(key, shape, dtype)` and
+    `log_prob(x)`."""
+    call = process._info.call
+    d = process._info.derivation
+    symbolic = _declared_symbolically(d)
+    if prior is not None and process.has_gaussian_kernel:
+        raise ValueError(
+            f"`{call}` has a Gaussian kernel, whose prior is N(0, sigma(t1)^2 I); "
+            "prior= is for processes without one (non-affine drift or g(t, x))."
+        )
+    if prior is None:
+        if process.has_gaussian_kernel or not symbolic:
+            return None
+        try:
+            return StationaryDensity.of(process)
+        except ValueError:
+            return None
+    if isinstance(prior, str):
+        if prior != "stationary":
+            raise ValueError(
+                f"`{call}`: prior must be None, 'stationary' or an object with "
+                f"sample(key, shape, dtype) and log_prob(x), got {prior!r}."
+            )
+        if not symbolic:
+            raise ValueError(f"`{call}`: prior='stationary' needs a sympy declaration.")
+        return StationaryDensity.of(process)
+    if not (
+        callable(getattr(prior, "sample", None))
+        and callable(getattr(prior, "log_prob", None))
+    ):
+        raise TypeError(
+            f"`{call}`: prior= must offer sample(key, shape, dtype) and log_prob(x); "
+            f"got {type(prior).__name__}."
+        )
+    return prior
 
 
 class Interpolant(AbstractDeclaredProcess):

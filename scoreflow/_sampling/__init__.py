@@ -3,9 +3,11 @@
 from ._dynamics import (
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
+    forward_sde as forward_sde,
     probability_flow as probability_flow,
     reverse_dynamics as reverse_dynamics,
     reverse_sde as reverse_sde,
+    sde_convention as sde_convention,
 )
 from ._grids import (
     check_time_grid as check_time_grid,

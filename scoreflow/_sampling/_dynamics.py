@@ -16,8 +16,20 @@ noise, being symmetric, does not:
 $$dx = -\Big[f - \tfrac{1 + \eta^2}{2} g^2 \nabla\log p_t\Big](t_1 - s)\,ds
       + \eta\,g(t_1 - s)\,dW_s.$$
 
-The noise is additive (it does not depend on $x$), so Itô and Stratonovich
-readings coincide and diffrax's additive-noise solvers (ShARK, SRA1, SEA) apply.
+For a diffusion that does not depend on $x$ the noise is additive, Itô and
+Stratonovich readings coincide and diffrax's additive-noise solvers (ShARK, SRA1,
+SEA) apply. For a state-dependent (diagonal) diffusion $g(t, x)$ the family gains
+the divergence of $g g^\top$ (Anderson 1982):
+
+$$dx = \Big[f - \tfrac{1 + \eta^2}{2}\big(\partial_x g^2 + g^2\nabla_x\log p_t\big)
+\Big]dt + \eta\,g\,d\bar W_t \quad(\text{Itô}),$$
+
+and the drift handed to diffrax is converted to the reading the solver converges to:
+Itô for `diffrax.Euler` / `ItoMilstein` (`AbstractItoSolver`), Stratonovich for
+Heun, Midpoint, EulerHeun, SPaRK, ... (`AbstractStratonovichSolver`), by
+subtracting $\tfrac12(\eta g)\partial_x(\eta g) = \tfrac{\eta^2}{4}\partial_x g^2$
+(see [`scoreflow.sde_convention`][]). Gaussian processes take neither branch: the
+choice is made at trace time.
 """
 
 from __future__ import annotations
@@ -33,6 +45,30 @@ import lineax as lx
 
 from .._process import AbstractProcess
 from .._process._linear import AbstractLinearProcess, apply_blocks
+
+
+def sde_convention(solver) -> str:
+    """`"ito"` or `"stratonovich"`: the reading of an SDE that a diffrax solver
+    converges to (`diffrax.AbstractItoSolver`: Euler, ItoMilstein;
+    `diffrax.AbstractStratonovichSolver`: Heun, Midpoint, EulerHeun, ReversibleHeun,
+    SPaRK, GeneralShARK, SlowRK, StratonovichMilstein, ...). Wrapped solvers are
+    unwrapped; anything else (ODE-only solvers, scoreflow's samplers) is `"ito"`.
+
+    Only matters when the diffusion depends on $x$."""
+    while isinstance(solver, diffrax.AbstractWrappedSolver):
+        solver = solver.solver
+    if isinstance(solver, diffrax.AbstractStratonovichSolver):
+        return "stratonovich"
+    return "ito"
+
+
+def _check_convention(convention, call):
+    if convention not in ("ito", "stratonovich"):
+        raise ValueError(
+            f"`{call}(convention=...)` must be 'ito' or 'stratonovich', got "
+            f"{convention!r}."
+        )
+    return convention
 
 
 def _is_static_zero(eta) -> bool:
@@ -61,6 +97,7 @@ class ReverseDrift(eqx.Module):
     predictor: Any
     eta: Any
     t1: float = eqx.field(static=True)
+    convention: str = eqx.field(static=True, default="ito")
 
     def time(self, s):
         """Process time $t = t_1 - s$."""
@@ -83,7 +120,13 @@ class ReverseDrift(eqx.Module):
                 self.process.drift(t, x)
                 - w * self.process.diffusion_cov_apply(t, score)
             )
-        return -(self.process.drift(t, x) - w * self.process.g2(t) * score)
+        if not getattr(self.process, "state_dependent_diffusion", False):  # static
+            return -(self.process.drift(t, x) - w * self.process.g2(t) * score)
+        g2, dg2 = self.process.g2(t, x), self.process.dg2_dx(t, x)
+        out = -(self.process.drift(t, x) - w * (g2 * score + dg2))
+        if self.convention == "stratonovich" and eta is not None:
+            out = out - 0.25 * eta**2 * dg2
+        return out
 
 
 class ReverseDiffusion(eqx.Module):
@@ -104,7 +147,11 @@ class ReverseDiffusion(eqx.Module):
             return lx.FunctionLinearOperator(
                 lambda z: apply_blocks(g, z), jax.ShapeDtypeStruct(x.shape, x.dtype)
             )
-        scale = (eta * self.process.diffusion(t)).astype(x.dtype)
+        if getattr(self.process, "state_dependent_diffusion", False):
+            g = self.process.diffusion(t, x)
+        else:
+            g = self.process.diffusion(t)
+        scale = (eta * g).astype(x.dtype)
         return lx.DiagonalLinearOperator(jnp.broadcast_to(scale, x.shape))
 
 
@@ -140,6 +187,7 @@ def reverse_dynamics(
     brownian_motion: diffrax.AbstractBrownianPath | None = None,
     key=None,
     shape: tuple[int, ...] | None = None,
+    convention: str = "ito",
 ):
     r"""The reverse-time family with noise level $\eta(t)$, as diffrax terms in flipped
     time $s = t_1 - t$ (integrate forwards in $s$ from $t_1 - t_\text{start}$):
@@ -155,6 +203,10 @@ def reverse_dynamics(
     - `eta`: a number $\ge 0$ or a callable `eta(t)` of process time. A Python `0`
       gives the probability-flow ODE (an `ODETerm`, no noise term at all).
     - `brownian_motion` or `key` (+ `shape`): the Brownian path in $s$ for $\eta \ne 0$.
+    - `convention`: `"ito"` (default) or `"stratonovich"`, the reading of the
+      returned terms; it must match the solver ([`scoreflow.sde_convention`][]`(solver)`;
+      [`scoreflow.sample`][] does this for you). Irrelevant unless the diffusion
+      depends on $x$.
 
     **Returns:** `diffrax.ODETerm` (for `eta=0`) or
     `diffrax.MultiTerm(ODETerm, ControlTerm)`.
@@ -168,7 +220,10 @@ def reverse_dynamics(
     ```
     """
     eta = _as_eta(eta)
-    drift = diffrax.ODETerm(ReverseDrift(process, predictor, eta, float(process.t1)))
+    convention = _check_convention(convention, "sf.reverse_dynamics")
+    drift = diffrax.ODETerm(
+        ReverseDrift(process, predictor, eta, float(process.t1), convention)
+    )
     if _is_static_zero(eta):
         return drift
     bm = _brownian(brownian_motion, key, process, shape, "sf.reverse_dynamics")
@@ -185,6 +240,7 @@ def reverse_sde(
     *,
     key=None,
     shape: tuple[int, ...] | None = None,
+    convention: str = "ito",
 ) -> diffrax.MultiTerm:
     r"""The reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6) in flipped time
     $s = t_1 - t$: drift $-[f - g^2\nabla\log p_t]$, diffusion $g$:
@@ -195,7 +251,10 @@ def reverse_sde(
     **Arguments:** `process`, `predictor` (its `score(t, x, cond)`, `cond` = diffrax
     `args`), and the Brownian path in $s$: `brownian_motion`, or `key` and `shape`
     (then a `diffrax.VirtualBrownianTree` on $[0, t_1 - t_0]$ with Lévy area, so
-    every diffrax SDE solver, ShARK included, works).
+    every diffrax SDE solver, ShARK included, works). For a state-dependent diffusion
+    $g(t, x)$ the drift gains $-\partial_x g^2$ (Anderson 1982) and `convention`
+    (`"ito"` or `"stratonovich"`) must match the solver, see
+    [`scoreflow.reverse_dynamics`][].
 
     **Returns:** `diffrax.MultiTerm(ODETerm, ControlTerm)`.
 
@@ -212,6 +271,7 @@ def reverse_sde(
         brownian_motion=brownian_motion,
         key=key,
         shape=shape,
+        convention=convention,
     )
 
 
@@ -232,3 +292,60 @@ def probability_flow(process: AbstractProcess, predictor) -> diffrax.ODETerm:
     [arXiv:2011.13456](https://arxiv.org/abs/2011.13456)
     """
     return reverse_dynamics(process, predictor, eta=0)
+
+
+class _ForwardDrift(eqx.Module):
+    process: AbstractProcess
+    convention: str = eqx.field(static=True)
+
+    def __call__(self, t, x, args=None):
+        x = jnp.asarray(x)
+        t = jnp.asarray(t, x.dtype)
+        if self.convention == "stratonovich":
+            return self.process.stratonovich_drift(t, x).astype(x.dtype)
+        return self.process.drift(t, x).astype(x.dtype)
+
+
+class _ForwardDiffusion(eqx.Module):
+    process: AbstractProcess
+
+    def __call__(self, t, x, args=None):
+        x = jnp.asarray(x)
+        t = jnp.asarray(t, x.dtype)
+        if self.process.state_dependent_diffusion:
+            g = self.process.diffusion(t, x)
+        else:
+            g = jnp.broadcast_to(self.process.diffusion(t), x.shape)
+        return lx.DiagonalLinearOperator(g.astype(x.dtype))
+
+
+def forward_sde(
+    process: AbstractProcess,
+    brownian_motion: diffrax.AbstractBrownianPath,
+    *,
+    convention: str = "ito",
+) -> diffrax.MultiTerm:
+    r"""The forward SDE $dx = f\,dt + g\,dW$ as diffrax terms in process time
+    ($t = 0$ data), with the drift in the reading the solver converges to:
+    `"ito"` gives $f$ (for `diffrax.Euler`, Euler--Maruyama), `"stratonovich"` gives
+    $f_S = f - \tfrac14\partial_x g^2$ (for `diffrax.Heun`, `Midpoint`, ...); use
+    [`scoreflow.sde_convention`][]`(solver)`. Both describe the same process.
+
+    **Arguments:** `process`; `brownian_motion` a diffrax Brownian path shaped like
+    one `x`; `convention`.
+
+    **Returns:** `diffrax.MultiTerm(ODETerm, ControlTerm)`.
+
+    ```python
+    p = sf.SDE(drift=0.5 * sf.x, diffusion=0.4 * sf.x)          # geometric BM
+    bm = diffrax.VirtualBrownianTree(0.0, 1.0, 1e-3, (), key)
+    solver = diffrax.Heun()
+    terms = sf.forward_sde(p, bm, convention=sf.sde_convention(solver))
+    sol = diffrax.diffeqsolve(terms, solver, 0.0, 1.0, 1e-2, jnp.asarray(1.0))
+    ```
+    """
+    convention = _check_convention(convention, "sf.forward_sde")
+    return diffrax.MultiTerm(
+        diffrax.ODETerm(_ForwardDrift(process, convention)),
+        diffrax.ControlTerm(_ForwardDiffusion(process), brownian_motion),
+    )

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._predictor import Predictor
 from .._process._linear import AbstractLinearProcess, apply_blocks
-from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics
+from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics, sde_convention
 from ._grids import check_time_grid, uniform_grid
 from ._guidance import AbstractGuidedPredictor
 from ._solvers import (
@@ -214,18 +214,25 @@ def _sample_impl(
             bm = diffrax.VirtualBrownianTree(lo, hi, tol, shape, bkey, levy_area=levy)
         else:
             bm = diffrax.UnsafeBrownianPath(shape, bkey, levy_area=levy)
-        return reverse_dynamics(process, pred, eta=eta, brownian_motion=bm)
+        return reverse_dynamics(
+            process,
+            pred,
+            eta=eta,
+            brownian_motion=bm,
+            convention=sde_convention(solver),
+        )
 
     def one(k, x_given, c):
         nkey, bkey = jr.split(k)
         if opts.has_noise:
             x = x_given
-        else:
+        elif isinstance(process, AbstractLinearProcess):  # static: N(0, Sigma)
             z = jr.normal(nkey, shape, dtype)
-            if isinstance(process, AbstractLinearProcess):  # static: N(0, Sigma)
-                x = apply_blocks(process.chol(grid[0]), z).astype(dtype)
-            else:
-                x = (process.sigma(grid[0]) * z).astype(dtype)
+            x = apply_blocks(process.chol(grid[0]), z).astype(dtype)
+        elif getattr(process, "has_gaussian_kernel", True):
+            x = (process.sigma(grid[0]) * jr.normal(nkey, shape, dtype)).astype(dtype)
+        else:  # no kernel: the process's own prior (e.g. its stationary density)
+            x = process.prior_sample(nkey, shape, dtype).astype(dtype)
         terms = terms_for(bkey)
         calls_vf = _traced_calls(
             lambda: terms.vf(s_start, x, c) if ode else terms.terms[0].vf(s_start, x, c)
@@ -367,7 +374,10 @@ def sample(
     - `num`: the number of samples.
     - `method`: `"ode"` or `"sde"`.
     - `solver`: any diffrax solver (ODE: Euler, Heun, Midpoint, Tsit5, Dopri5...;
-      SDE: Euler (Euler--Maruyama), Heun, ShARK, SRA1, SEA...) or a scoreflow sampler
+      SDE: Euler (Euler--Maruyama), Heun, ShARK, SRA1, SEA...; for a diffusion
+      $g(t, x)$ the terms are built in the solver's Itô or Stratonovich reading,
+      [`scoreflow.sde_convention`][], and the additive-noise solvers ShARK, SRA1, SEA
+      do not apply) or a scoreflow sampler
       ([`scoreflow.DDIM`][], [`scoreflow.DPMSolverPP2M`][], [`scoreflow.DDPM`][],
       [`scoreflow.PredictorCorrector`][], [`scoreflow.EDMHeun`][]).
     - `steps` or `time_grid` (exactly one, for fixed steps): `steps` gives
@@ -382,7 +392,9 @@ def sample(
     - `cond`: a pytree of per-sample conditions with leading axis `num` (passed to
       the predictor as `cond`).
     - `noise`: the initial points, shape `(num, *shape)`; default
-      $\sigma(t_\text{start})\,z$ with $z \sim N(0, I)$ from the sample's key only.
+      $\sigma(t_\text{start})\,z$ with $z \sim N(0, I)$ from the sample's key only
+      (for a process without a Gaussian kernel: `process.prior_sample`, e.g. the
+      stationary density, meant for $t_\text{start} = t_1$).
     - `denoise`: finish with one Tweedie step $\hat x_0(t_\text{end}, x)$.
     - `return_trajectory`: store the states at every grid time (adaptive: at every
       step, padded with `inf`) in `info["trajectory"]`, times in `info["ts"]`.
