@@ -64,7 +64,7 @@ def test_bad_declarations():
         sf.learned_schedule(num_basis=0)
     net = sf.nets.MLP(2, key=jr.key(0))
     with pytest.raises(ValueError, match="no trainable"):
-        sf.ScheduledModel(net, sf.VP())
+        sf.ScheduledModel(net, sf.Interpolant(1 - sf.t, sf.t))
     with pytest.raises(ValueError, match="not parameters"):
         sf.ScheduledModel(net, sf.learned_schedule(num_basis=1), frozen=("beta",))
 

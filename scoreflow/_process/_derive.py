@@ -104,6 +104,11 @@ def _time_limit(seconds: float):
         return
 
     def handler(signum, frame):
+        # Re-arm before raising: if the signal lands inside a callback whose
+        # exceptions Python swallows (e.g. a gc callback, printed as "Exception
+        # ignored in ..."), the limit fires again shortly instead of being lost.
+        # When the raise does propagate, the `finally` below disarms it.
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
         raise _Timeout
 
     old = signal.signal(signal.SIGALRM, handler)
