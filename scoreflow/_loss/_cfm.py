@@ -9,7 +9,13 @@ import jax.random as jr
 
 from .._predictor import PredictionType, check_prediction, from_hub, to_hub
 from .._process import AbstractProcess
-from ._common import AbstractLoss, call_model, check_dropout, require_kernel
+from ._common import (
+    AbstractLoss,
+    as_float_data,
+    call_model,
+    check_dropout,
+    require_kernel,
+)
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 
 _OT_MISSING = (
@@ -69,9 +75,7 @@ class CFMLoss(AbstractLoss):
     check_scale: bool = eqx.field(static=True)
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = jnp.asarray(x0)
-        if not jnp.issubdtype(x0.dtype, jnp.floating):
-            x0 = x0.astype(jnp.result_type(float))
+        x0 = as_float_data(x0)
         dtype, n = x0.dtype, x0.shape[0]
         k_t, k_eps, k_drop, k_pair = self._keys(key)
         t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)

@@ -87,6 +87,14 @@ def standardize(x0, *, std: float = 1.0, per_feature: bool = False):
     return scaler(x0), scaler
 
 
+def as_float_data(x0):
+    """`x0` as an array, cast to the default float dtype if it is not floating."""
+    x0 = jnp.asarray(x0)
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        x0 = x0.astype(jnp.result_type(float))
+    return x0
+
+
 def call_model(model, t, x, cond):
     return model(t, x) if cond is None else model(t, x, cond)
 

@@ -11,7 +11,13 @@ from .._precond import EDMPreconditioner
 from .._predictor import PredictionType, check_prediction, from_hub
 from .._process import AbstractProcess
 from .._process._linear import AbstractLinearProcess
-from ._common import AbstractLoss, call_model, check_dropout, require_kernel
+from ._common import (
+    AbstractLoss,
+    as_float_data,
+    call_model,
+    check_dropout,
+    require_kernel,
+)
 from ._linear_dsm import linear_dsm_loss
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 from ._weighting import AbstractWeighting, as_weighting, prediction_factor
@@ -55,9 +61,7 @@ class DSMLoss(AbstractLoss):
         return model
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = jnp.asarray(x0)
-        if not jnp.issubdtype(x0.dtype, jnp.floating):
-            x0 = x0.astype(jnp.result_type(float))
+        x0 = as_float_data(x0)
         dtype, n = x0.dtype, x0.shape[0]
         k_t, k_eps, k_drop, _ = self._keys(key)
         t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)

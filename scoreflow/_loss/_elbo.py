@@ -30,7 +30,13 @@ import sympy
 from .._predictor import PredictionType, check_prediction, to_hub
 from .._process import AbstractProcess
 from .._symbols import t as _t
-from ._common import AbstractLoss, call_model, check_dropout, require_kernel
+from ._common import (
+    AbstractLoss,
+    as_float_data,
+    call_model,
+    check_dropout,
+    require_kernel,
+)
 
 _LN2 = math.log(2.0)
 
@@ -332,9 +338,7 @@ class ELBOLoss(AbstractLoss):
         return model, self.process
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = jnp.asarray(x0)
-        if not jnp.issubdtype(x0.dtype, jnp.floating):
-            x0 = x0.astype(jnp.result_type(float))
+        x0 = as_float_data(x0)
         dtype, n = x0.dtype, x0.shape[0]
         net, process = self.split(model)
         k_t, k_eps, k_drop, _ = self._keys(key)

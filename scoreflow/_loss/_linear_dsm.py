@@ -15,7 +15,7 @@ import jax.random as jr
 import numpy as np
 
 from .._process._linear import AbstractLinearProcess, apply_blocks
-from ._common import AbstractLoss, call_model, check_dropout
+from ._common import AbstractLoss, as_float_data, call_model, check_dropout
 from ._time_sampler import AbstractTimeSampler, UniformTime, as_time_sampler
 
 LINEAR_WEIGHTINGS = ("eps", "sigma2", "likelihood")
@@ -45,9 +45,7 @@ class LinearDSMLoss(AbstractLoss):
         return "score"
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = jnp.asarray(x0)
-        if not jnp.issubdtype(x0.dtype, jnp.floating):
-            x0 = x0.astype(jnp.result_type(float))
+        x0 = as_float_data(x0)
         dtype, n = x0.dtype, x0.shape[0]
         k_t, k_eps, k_drop, _ = self._keys(key)
         t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)

@@ -12,7 +12,7 @@ import jax.random as jr
 import lineax as lx
 
 from .._process import AbstractProcess
-from ._common import AbstractLoss, call_model, check_dropout
+from ._common import AbstractLoss, as_float_data, call_model, check_dropout
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 
 
@@ -79,9 +79,7 @@ class SSMLoss(AbstractLoss):
         return "score"
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = jnp.asarray(x0)
-        if not jnp.issubdtype(x0.dtype, jnp.floating):
-            x0 = x0.astype(jnp.result_type(float))
+        x0 = as_float_data(x0)
         dtype, n = x0.dtype, x0.shape[0]
         k_t, k_path, k_drop, k_v = self._keys(key)
         t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)
