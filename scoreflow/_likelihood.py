@@ -27,6 +27,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._custom_types import Scalar
 from ._process import AbstractProcess
+from ._process._linear import require_scalar_process
 
 TraceType = Literal["exact", "hutchinson", "hutch++"]
 ProbeType = Literal["rademacher", "gaussian"]
@@ -282,6 +283,7 @@ def log_likelihood(
     ```
     """
     call = "sf.log_likelihood"
+    require_scalar_process(process, call)
     if method != "ode":
         raise ValueError(
             f"`{call}(method={method!r})`: the likelihood is defined by the "

@@ -44,6 +44,7 @@ import sympy
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import Scalar, ScalarLike
+from ._process._linear import require_scalar_process
 from ._symbols import t as T, x as X
 
 __all__ = [
@@ -202,6 +203,7 @@ def fokker_planck_residual(
     sf.checks.fokker_planck_residual(vp, lp, 0.3, x)   # ~1e-16 in float64
     ```
     """
+    require_scalar_process(process, "sf.checks.fokker_planck_residual")
     if getattr(process, "state_dependent_diffusion", False):
         return _fp_state(process.drift, process.g2, log_prob, t, x, relative)
     return _fp(process.drift, process.g2, log_prob, t, x, relative)
@@ -258,6 +260,7 @@ def reverse_fokker_planck_residual(
 
     **Returns:** a scalar.
     """
+    require_scalar_process(process, "sf.checks.reverse_fokker_planck_residual")
     t1 = process.t1
 
     def log_q(u, y):
@@ -579,6 +582,7 @@ def symbolic_fokker_planck(
     **Raises:** `ValueError` for a process declared with callables, or without a
     Gaussian kernel and without a stationary-density prior.
     """
+    require_scalar_process(process, "sf.checks.symbolic_fokker_planck")
     if data not in ("point", "gaussian"):
         raise ValueError(
             f"`sf.checks.symbolic_fokker_planck(data={data!r})`: expected 'point' or "

@@ -546,3 +546,15 @@ def test_scalar_kernel_samplers_refuse_linear_processes():
     pred = sf.Predictor(lambda t, x: jnp.zeros_like(x), p, prediction="score")
     with pytest.raises(ValueError, match="matrix linear SDE"):
         sf.sample(jr.key(0), p, pred, (2,), num=2, solver=sf.DDIM(), steps=3)
+
+
+def test_scalar_only_functions_refuse_linear_processes():
+    p = sf.CLD()
+    pred = sf.Predictor(lambda t, x: jnp.zeros_like(x), p, prediction="score")
+    x = jnp.zeros((2, 2))
+    with pytest.raises(ValueError, match="matrix linear SDE"):
+        sf.log_likelihood(jr.key(0), p, pred, x)
+    with pytest.raises(ValueError, match="matrix linear SDE"):
+        sf.checks.fokker_planck_residual(p, lambda t, y: -jnp.sum(y**2), 0.5, x)
+    with pytest.raises(ValueError, match="matrix linear SDE"):
+        sf.checks.symbolic_fokker_planck(p)

@@ -740,3 +740,14 @@ class CLD(AbstractLinearProcess):
 
     def cov(self, t):
         return self.sde.cov(t)
+
+
+def require_scalar_process(process, call: str) -> None:
+    """Raise a clear error where a function needs a scalar-coefficient process."""
+    if isinstance(process, AbstractLinearProcess):
+        raise ValueError(
+            f"`{call}` works with scalar-coefficient processes (drift f(t, x), "
+            f"diffusion g); {process!r} is a matrix linear SDE, which it does not "
+            "support yet. Its kernel is available directly: `process.mean_matrix(t)`, "
+            "`process.cov(t)`, `process.kernel_score`."
+        )
