@@ -521,3 +521,18 @@ def test_drift_equal_to_x_is_symbolic():
     p = sf.SDE(drift=x, diffusion=sympy.sqrt(1 + x**2))
     assert "reverse SDE" in p.describe()
     assert sympy.simplify(p.as_stratonovich().symbolic.f - x) == 0
+
+
+def test_no_stationary_density_where_g2_vanishes_or_log_is_one_sided():
+    """g = x vanishes at 0: no density on the whole line is claimed (the default prior
+    is None and prior='stationary' says why), instead of a density that silently
+    lives on x > 0 (sympy's antiderivative log(x), NaN for x < 0)."""
+    x = sf.x
+    p = sf.SDE(drift=2 * x - x**3, diffusion=x)
+    assert p.prior is None
+    with pytest.raises(ValueError, match="vanishes"):
+        sf.SDE(drift=2 * x - x**3, diffusion=x, prior="stationary")
+    # g^2 = 1 + x^2 > 0: a density on the whole line, even in x
+    q = sf.SDE(drift=-x, diffusion=sf.sympy.sqrt(1 + x**2))
+    lp = q.prior.log_prob
+    assert float(lp(jnp.array([-0.7]))) == pytest.approx(float(lp(jnp.array([0.7]))))

@@ -264,7 +264,7 @@ def test_prior(getkey):
     y = jnp.array([0.3, -1.0, 2.0])
     s = float(ve.sigma(ve.t1))
     want = sum(
-        -0.5 * (v / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi) for v in y
+        -0.5 * (v / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi) for v in y.tolist()
     )
     assert float(ve.prior_log_prob(y)) == pytest.approx(want, rel=1e-12)
 

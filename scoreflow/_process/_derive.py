@@ -88,7 +88,7 @@ def disk_cached(fn):
     return wrapper
 
 
-_CACHE_VERSION = 2  # bump when a derivation's logic changes
+_CACHE_VERSION = 3  # bump when a derivation's logic changes
 
 
 class _Timeout(BaseException):

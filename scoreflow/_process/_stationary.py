@@ -39,12 +39,24 @@ def stationary_log_density(drift: sympy.Expr, g2: sympy.Expr):
     coefficients, or no closed-form antiderivative)."""
     if drift.has(t) or g2.has(t):
         return "the drift or diffusion depends on t (no stationary density)"
+    if g2.has(x):
+        zeros = _derive.try_sympy(lambda: sympy.solve(sympy.Eq(g2, 0), x))
+        if zeros is None:
+            return f"could not decide whether g^2 = {g2} vanishes for real x"
+        real = [z for z in zeros if z.is_real is not False]
+        if real:
+            return (
+                f"g^2 = {g2} vanishes at x = {real}, where 1/g^2 and 2 f / g^2 are "
+                "singular, so no density on the whole real line is derived"
+            )
     integrand = _derive._simplify(2 * drift / g2)
     anti = _derive.try_sympy(lambda: sympy.integrate(integrand, x))
     if anti is None or anti.has(sympy.Integral):
         return f"sympy found no antiderivative of 2 f / g^2 = {integrand}"
+    # sympy's antiderivative of 1/u is log(u); on the real line it is log|u|.
+    anti = anti.replace(sympy.log, lambda u: sympy.log(sympy.Abs(u)))
     expr = anti - sympy.log(g2) if g2.has(x) else anti
-    return _derive._simplify(sympy.expand_log(expr, force=True))
+    return _derive._simplify(expr)
 
 
 def _table(expr: sympy.Expr, call: str):
@@ -53,7 +65,14 @@ def _table(expr: sympy.Expr, call: str):
     def ell(v):
         with np.errstate(all="ignore"):
             out = np.broadcast_to(np.asarray(fn(v), dtype=np.float64), v.shape)
-        return np.where(np.isfinite(out), out, -np.inf)
+        bad = np.isnan(out) | (out == np.inf)
+        if np.any(bad):
+            raise ValueError(
+                f"`{call}`: the stationary log-density {expr} is NaN or +inf at "
+                f"x = {float(v[np.argmax(bad)]):.4g}; it is not a density on the real "
+                "line. Pass an explicit prior=."
+            )
+        return out
 
     wide = np.sinh(np.linspace(-math.asinh(1e8), math.asinh(1e8), 40001))
     lw = ell(wide)
