@@ -536,3 +536,21 @@ def test_no_stationary_density_where_g2_vanishes_or_log_is_one_sided():
     q = sf.SDE(drift=-x, diffusion=sf.sympy.sqrt(1 + x**2))
     lp = q.prior.log_prob
     assert float(lp(jnp.array([-0.7]))) == pytest.approx(float(lp(jnp.array([0.7]))))
+
+
+def test_x_dependent_noise_needs_an_explicit_convention_and_a_general_solver():
+    x = sf.x
+    p = sf.SDE(drift=-x, diffusion=sf.sympy.sqrt(1 + x**2))
+    pred = sf.Predictor(lambda t, y: -y, p, prediction="score")
+    bm = diffrax.VirtualBrownianTree(0.0, 1.0, 1e-3, (2,), jr.key(0))
+    with pytest.raises(ValueError, match="convention="):
+        sf.forward_sde(p, bm)
+    with pytest.raises(ValueError, match="convention="):
+        sf.reverse_sde(p, pred, key=jr.key(0), shape=(2,))
+    sf.reverse_sde(p, pred, key=jr.key(0), shape=(2,), convention="ito")
+    sf.probability_flow(p, pred)  # no noise: no convention needed
+    with pytest.raises(ValueError, match="additive noise only"):
+        sf.sample(jr.key(0), p, pred, (2,), num=2, method="sde",
+                  solver=diffrax.ShARK(), steps=4)
+    # Gaussian processes keep the old default
+    sf.forward_sde(sf.VP(), bm)

@@ -62,7 +62,17 @@ def sde_convention(solver) -> str:
     return "ito"
 
 
-def _check_convention(convention, call):
+def _check_convention(convention, call, process=None, noisy=True):
+    if convention is None:
+        if noisy and getattr(process, "state_dependent_diffusion", False):
+            raise ValueError(
+                f"`{call}`: the diffusion of {process!r} depends on x, so the drift "
+                "differs between the Itô and Stratonovich readings; pass "
+                "convention='ito' or 'stratonovich' to match your diffrax solver, "
+                "e.g. convention=sf.sde_convention(solver) (Euler: 'ito'; Heun, "
+                "Midpoint: 'stratonovich')."
+            )
+        return "ito"
     if convention not in ("ito", "stratonovich"):
         raise ValueError(
             f"`{call}(convention=...)` must be 'ito' or 'stratonovich', got "
@@ -187,7 +197,7 @@ def reverse_dynamics(
     brownian_motion: diffrax.AbstractBrownianPath | None = None,
     key=None,
     shape: tuple[int, ...] | None = None,
-    convention: str = "ito",
+    convention: str | None = None,
 ):
     r"""The reverse-time family with noise level $\eta(t)$, as diffrax terms in flipped
     time $s = t_1 - t$ (integrate forwards in $s$ from $t_1 - t_\text{start}$):
@@ -203,10 +213,11 @@ def reverse_dynamics(
     - `eta`: a number $\ge 0$ or a callable `eta(t)` of process time. A Python `0`
       gives the probability-flow ODE (an `ODETerm`, no noise term at all).
     - `brownian_motion` or `key` (+ `shape`): the Brownian path in $s$ for $\eta \ne 0$.
-    - `convention`: `"ito"` (default) or `"stratonovich"`, the reading of the
-      returned terms; it must match the solver ([`scoreflow.sde_convention`][]`(solver)`;
+    - `convention`: `"ito"` or `"stratonovich"`, the reading of the returned terms;
+      it must match the solver ([`scoreflow.sde_convention`][]`(solver)`;
       [`scoreflow.sample`][] does this for you). Irrelevant unless the diffusion
-      depends on $x$.
+      depends on $x$; then it is required (no silent default), otherwise `None`
+      means `"ito"`.
 
     **Returns:** `diffrax.ODETerm` (for `eta=0`) or
     `diffrax.MultiTerm(ODETerm, ControlTerm)`.
@@ -220,7 +231,9 @@ def reverse_dynamics(
     ```
     """
     eta = _as_eta(eta)
-    convention = _check_convention(convention, "sf.reverse_dynamics")
+    convention = _check_convention(
+        convention, "sf.reverse_dynamics", process, noisy=not _is_static_zero(eta)
+    )
     drift = diffrax.ODETerm(
         ReverseDrift(process, predictor, eta, float(process.t1), convention)
     )
@@ -240,7 +253,7 @@ def reverse_sde(
     *,
     key=None,
     shape: tuple[int, ...] | None = None,
-    convention: str = "ito",
+    convention: str | None = None,
 ) -> diffrax.MultiTerm:
     r"""The reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6) in flipped time
     $s = t_1 - t$: drift $-[f - g^2\nabla\log p_t]$, diffusion $g$:
@@ -323,7 +336,7 @@ def forward_sde(
     process: AbstractProcess,
     brownian_motion: diffrax.AbstractBrownianPath,
     *,
-    convention: str = "ito",
+    convention: str | None = None,
 ) -> diffrax.MultiTerm:
     r"""The forward SDE $dx = f\,dt + g\,dW$ as diffrax terms in process time
     ($t = 0$ data), with the drift in the reading the solver converges to:
@@ -332,7 +345,7 @@ def forward_sde(
     [`scoreflow.sde_convention`][]`(solver)`. Both describe the same process.
 
     **Arguments:** `process`; `brownian_motion` a diffrax Brownian path shaped like
-    one `x`; `convention`.
+    one `x`; `convention` (required when the diffusion depends on $x$).
 
     **Returns:** `diffrax.MultiTerm(ODETerm, ControlTerm)`.
 
@@ -344,7 +357,7 @@ def forward_sde(
     sol = diffrax.diffeqsolve(terms, solver, 0.0, 1.0, 1e-2, jnp.asarray(1.0))
     ```
     """
-    convention = _check_convention(convention, "sf.forward_sde")
+    convention = _check_convention(convention, "sf.forward_sde", process)
     return diffrax.MultiTerm(
         diffrax.ODETerm(_ForwardDrift(process, convention)),
         diffrax.ControlTerm(_ForwardDiffusion(process), brownian_motion),

@@ -461,6 +461,17 @@ def sample(
             f"{process!r} is a matrix linear SDE. Use a diffrax solver instead, e.g. "
             "solver=diffrax.Heun() (method='ode') or diffrax.Euler() (method='sde')."
         )
+    if method == "sde" and getattr(process, "state_dependent_diffusion", False):
+        inner = solver
+        while isinstance(inner, diffrax.AbstractWrappedSolver):
+            inner = inner.solver
+        if isinstance(inner, diffrax.AbstractSRK) and inner.tableau.is_additive_noise():
+            raise ValueError(
+                f"`{call}(solver={type(inner).__name__}())`: this solver is valid for "
+                f"additive noise only, but the diffusion of {process!r} depends on x. "
+                "Use diffrax.Euler() (Itô), diffrax.Heun() or diffrax.SPaRK() "
+                "(Stratonovich)."
+            )
     if method == "ode":
         if eta is not None and not _is_static_zero(eta):
             raise ValueError(
