@@ -388,6 +388,8 @@ def test_loss_signatures_and_errors(getkey):
         sf.bridge_loss(si, t_min=0.0)
     with pytest.raises(ValueError, match="velocity, denoiser"):
         sf.transport(getkey(), si, net, x0, method="sde")
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        sf.transport(getkey(), si, (net, net), x0, method="sde", eps=-0.1)
     # transport is jit-compatible (strings and ints are static under filter_jit).
     y = eqx.filter_jit(sf.transport)(None, si, net, x0, steps=4)
     np.testing.assert_allclose(y, sf.transport(None, si, net, x0, steps=4), rtol=1e-6)

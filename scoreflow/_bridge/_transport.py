@@ -98,7 +98,10 @@ def transport(
       `(b, eta)` trained with `objective="velocity+score"`.
     - `x`: a batch `(n, *shape)` from $\rho_0$ (forward) or $\rho_1$ (backward).
     - `method`: `"ode"` or `"sde"`.
-    - `eps`: $\epsilon \ge 0$, a float or a callable `eps(t)` (`"sde"` only).
+    - `eps`: $\epsilon \ge 0$, a float or a callable `eps(t)` (`"sde"` only). The
+      score term $-\epsilon(x - I_t)/\gamma^2$ is stiff where $\gamma$ is small:
+      Euler--Maruyama needs roughly $\epsilon\,\Delta t/\gamma(t)^2 < 1$, so scale
+      `eps` with $\gamma^2$ (e.g. `eps = gamma(1/2)**2 / 2`) or take more `steps`.
     - `direction`: `"forward"` (0 to 1) or `"backward"` (1 to 0).
     - `solver`: a diffrax solver; default `diffrax.Heun()` (ODE) or
       `diffrax.Euler()` (Euler–Maruyama, SDE).
@@ -108,7 +111,7 @@ def transport(
 
     **Returns:** the transported batch `(n, *shape)`, or `(x_end, path)`.
 
-    **Raises:** `ValueError` for an unknown method or direction, `steps < 1`, or
+    **Raises:** `ValueError` for an unknown method or direction, `steps < 1`, `eps < 0`, or
     `"sde"` without a `(velocity, denoiser)` pair.
     """
     call = "sf.transport"
@@ -120,6 +123,8 @@ def transport(
         )
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"`{call}`: steps must be an int >= 1, got {steps!r}.")
+    if isinstance(eps, (int, float)) and not eps >= 0:
+        raise ValueError(f"`{call}`: eps must be >= 0, got eps={eps!r}.")
     backward = direction == "backward"
     if method == "sde":
         if not (isinstance(model, (tuple, list)) and len(model) == 2):
