@@ -584,6 +584,26 @@ class LinearSDE(AbstractLinearProcess):
             self._moments = _MomentODE(self._F, self._G, self.init_cov, rtol, atol)
             self.method = "ode"
             self.symbolic = None if Fs is None or Gs is None else LinearSymbolic(Fs, Gs)
+        self._check_positive_definite(call)
+
+    def _check_positive_definite(self, call):
+        """Sigma(t) must be positive definite on (t0, t1] (else `chol`, DSM and
+        sampling are NaN): probe it at three times, in float64 NumPy."""
+        span = self.t1 - self.t0
+        first = self.t0 if self.t0 > 0 else self.t0 + 0.01 * span
+        for tt in (first, self.t0 + 0.5 * span, self.t1):
+            cov = np.asarray(self.cov(jnp.asarray(tt)), dtype=np.float64)
+            eig = np.linalg.eigvalsh(0.5 * (cov + cov.T)) if np.all(
+                np.isfinite(cov)
+            ) else np.array([np.nan])
+            if not (np.all(np.isfinite(eig)) and eig.min() > 1e-12 * max(eig.max(), 1.0)):
+                raise ValueError(
+                    f"`{call}`: the kernel covariance Sigma(t) is not positive definite "
+                    f"at t = {tt:.4g} (eigenvalues {np.round(eig, 6).tolist()}): the "
+                    "noise G does not reach every component through F (the pair (F, G) "
+                    "is not controllable) and no init_cov covers the rest. Add noise or "
+                    "coupling to the missing components, or give init_cov."
+                )
 
     def __repr__(self):
         return self._call
