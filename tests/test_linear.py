@@ -561,6 +561,8 @@ def test_scalar_only_functions_refuse_linear_processes():
         sf.checks.fokker_planck_residual(p, lambda t, y: -jnp.sum(y**2), 0.5, x)
     with pytest.raises(ValueError, match="matrix linear SDE"):
         sf.checks.symbolic_fokker_planck(p)
+    with pytest.raises(ValueError, match="matrix linear SDE"):
+        sf.elbo_loss(p)
 
 
 def test_singular_covariance_is_refused_at_declaration():

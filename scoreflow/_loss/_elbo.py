@@ -12,9 +12,12 @@ $$-\log p(x) \le \underbrace{\tfrac{D}{2}\big(\log 2\pi + 1 - \lambda(t_0)\big)}
 
 with $\lambda = \log(\alpha^2/\sigma^2)$, the decoder
 $p(x \mid x_{t_0}) = N(x_{t_0}/\alpha(t_0), e^{-\lambda(t_0)} I)$ and the prior
-$N(0, \sigma(t_1)^2 I)$ (scoreflow's prior). The diffusion term depends on the
-schedule only through its end points $\lambda(t_0)$, $\lambda(t_1)$ (VDM, eq. 21):
-the shape of the schedule changes only the variance of its estimator.
+$N(0, \sigma(t_1)^2 I)$ (scoreflow's prior). For a model that sees the noise level
+$\lambda$ rather than $t$, the diffusion term depends on the schedule only through its
+end points $\lambda(t_0)$, $\lambda(t_1)$ (VDM, eq. 21). scoreflow's networks take
+$t$, so for a fixed network the shape of the schedule also moves the value; trained
+jointly here, the shape weights follow the bound's gradient (VDM instead trains them
+to minimise the estimator's variance, which is not implemented).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sympy
 
 from .._predictor import PredictionType, check_prediction, to_hub
 from .._process import AbstractProcess
+from .._process._linear import require_scalar_process
 from .._symbols import t as _t
 from ._common import (
     AbstractLoss,
@@ -291,9 +295,8 @@ def elbo(
     **Returns:** an [`scoreflow.ELBO`][] (`.total`, `.bits_per_dim`, the three
     terms and the standard error of the estimate). vmap it over a batch.
     """
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
+    require_scalar_process(process, "sf.elbo")
+    x = as_float_data(x)
     dtype = x.dtype
     k_t, k_e = jr.split(key)
     ts = _stratified_times(k_t, process, num_times, dtype)
@@ -410,6 +413,7 @@ def elbo_loss(
     """
     call = "sf.elbo_loss"
     prediction = check_prediction(prediction, call)
+    require_scalar_process(process, call)
     require_kernel(process, call)
     return ELBOLoss(
         process=process,
