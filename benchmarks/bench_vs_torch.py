@@ -89,6 +89,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import pathlib
 import sys
 import time
 import types
@@ -101,7 +102,10 @@ import jax.random as jr
 import numpy as np
 
 import scoreflow as sf
-from scoreflow import metrics, toy
+from scoreflow import toy
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_sampling  # noqa: E402  (the shared setup, from this folder)
 
 try:
     import diffusers
@@ -119,21 +123,8 @@ N_TRAIN = 1000
 # ---- data (as in bench_sampling.py) -------------------------------------------
 
 
-def fd_truth(gm, xs):
-    xs = jnp.asarray(xs)
-    return float(
-        metrics.frechet_distance_gaussians(
-            jnp.mean(xs, 0), jnp.cov(xs.T), gm.mean(), gm.cov()
-        )
-    )
-
-
-def mixture_32d(key, k=4, d=32):
-    km, kc = jr.split(key)
-    means = 2.0 * jr.normal(km, (k, d))
-    a = 0.3 * jr.normal(kc, (k, d, d)) / jnp.sqrt(d)
-    covs = jnp.einsum("kij,klj->kil", a, a) + 0.1 * jnp.eye(d)
-    return toy.GaussianMixture(jnp.full((k,), 1 / k), means, covs)
+# the same exact-moment Frechet distance and 32-D mixture as bench_sampling.py
+fd_truth, mixture_32d = bench_sampling.fd_truth, bench_sampling.mixture_32d
 
 
 # ---- k-diffusion: import only the sampling module ---------------------------
