@@ -193,3 +193,44 @@ def test_learned_schedule_improves_the_bound_on_the_ring():
     gain, se = float(jnp.mean(diff)), float(jnp.std(diff)) / math.sqrt(diff.shape[0])
     print(f"bound gain {gain:.4f} +- {se:.4f} nats/example")
     assert gain > 3 * se
+
+
+def test_variance_gradient_for_the_shape_parameters():
+    """`ScheduledModel(variance=...)`: same loss value, same gradients for the network
+    and the end points, and for the shape weights the gradient of the mean squared
+    diffusion term (VDM sec. 5.2), checked against autodiff of that square."""
+    # unequal weights (at equal ones the w1 direction is flat: t + (2t - t^2) + t^2 = 3t)
+    sched = _with(
+        sf.learned_schedule(log_snr_max=8.0, log_snr_min=-6.0), w1=0.3, w2=-0.2, w3=0.1
+    )
+    shape = ("w1", "w2", "w3")
+    net = sf.nets.MLP(2, key=jr.key(0))
+    xs = jr.normal(jr.key(1), (64, 2))
+    loss = sf.elbo_loss(sched, check_scale=False)
+    plain = sf.ScheduledModel(net, sched)
+    var = sf.ScheduledModel(net, sched, variance=shape)
+    v0, g0 = eqx.filter_value_and_grad(loss)(plain, xs, jr.key(2))
+    v1, g1 = eqx.filter_value_and_grad(loss)(var, xs, jr.key(2))
+    assert float(v1) == pytest.approx(float(v0), rel=1e-12)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(g0.model, eqx.is_array)),
+        jax.tree_util.tree_leaves(eqx.filter(g1.model, eqx.is_array)),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    for k in ("log_snr_max", "log_range"):
+        assert float(g1.params[k]) == pytest.approx(float(g0.params[k]), rel=1e-10)
+
+    d = xs.shape[1]
+    lam0, lam1 = float(sched.log_snr(0.0)), float(sched.log_snr(1.0))
+    ends = (d / 2 * (math.log(2 * math.pi) + 1 - lam0)
+            + 0.5 * math.exp(lam1) * jnp.sum(xs**2, axis=1)) / d
+
+    def mean_square(m):  # the diffusion term per dimension, squared, batch mean
+        return jnp.mean((loss.per_example(m, xs, jr.key(2)) - ends) ** 2)
+
+    want = eqx.filter_grad(mean_square)(plain).params
+    for k in shape:
+        assert float(g1.params[k]) == pytest.approx(float(want[k]), rel=1e-8, abs=1e-14)
+        assert float(g1.params[k]) != pytest.approx(float(g0.params[k]), rel=1e-3)
+    with pytest.raises(ValueError, match="both frozen"):
+        sf.ScheduledModel(net, sched, frozen=("w1",), variance=("w1",))

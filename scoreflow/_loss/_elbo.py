@@ -16,8 +16,8 @@ $N(0, \sigma(t_1)^2 I)$ (scoreflow's prior). For a model that sees the noise lev
 $\lambda$ rather than $t$, the diffusion term depends on the schedule only through its
 end points $\lambda(t_0)$, $\lambda(t_1)$ (VDM, eq. 21). scoreflow's networks take
 $t$, so for a fixed network the shape of the schedule also moves the value; trained
-jointly here, the shape weights follow the bound's gradient (VDM instead trains them
-to minimise the estimator's variance, which is not implemented).
+jointly here, the shape weights follow the bound's gradient, or, with
+`sf.ScheduledModel(..., variance=...)`, VDM's gradient of the estimator's variance.
 """
 
 from __future__ import annotations
@@ -163,7 +163,13 @@ class ScheduledModel(eqx.Module):
     **Arguments:** `model` (unbatched `model(t, x[, cond])`), `process` (e.g.
     [`scoreflow.learned_schedule`][], any process with `params`), `frozen`: names in
     `process.params` that keep their value (their gradient is stopped), e.g.
-    `("log_snr_max", "log_range")` to learn only the shape.
+    `("log_snr_max", "log_range")` to learn only the shape; `variance`: names trained,
+    as in VDM (Kingma et al. 2021, sec. 5.2), to minimise the variance of the
+    Monte Carlo estimate of the bound's diffusion term rather than its value — the
+    shape parameters, e.g. `("w1", "w2", "w3")` for `sf.learned_schedule()` (whose
+    end points stay on the bound). Under [`scoreflow.elbo_loss`][] their gradient is
+    $\nabla\,\mathbb{E}[L_\text{diff}^2]$, at the cost of a second network evaluation
+    per example; the loss value and every other gradient are unchanged.
 
     Only the network and `process.params` are leaves: the compiled expressions of
     the process stay static, so a training step costs what it costs for the network
@@ -175,24 +181,39 @@ class ScheduledModel(eqx.Module):
     params: dict
     template: _ByIdentity = eqx.field(static=True)
     frozen: tuple[str, ...] = eqx.field(static=True)
+    variance: tuple[str, ...] = eqx.field(static=True)
 
-    def __init__(self, model, process: AbstractProcess, frozen: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        model,
+        process: AbstractProcess,
+        frozen: tuple[str, ...] = (),
+        variance: tuple[str, ...] = (),
+    ):
         params = getattr(process, "params", None)
         if not params:
             raise ValueError(
                 "`sf.ScheduledModel`: the process has no trainable `params`; declare "
                 "its constants with `params=` (or use `sf.learned_schedule()`)."
             )
-        unknown = [n for n in frozen if n not in params]
-        if unknown:
+        for arg, names in (("frozen", frozen), ("variance", variance)):
+            unknown = [n for n in names if n not in params]
+            if unknown:
+                raise ValueError(
+                    f"`sf.ScheduledModel({arg}=...)`: {unknown} are not parameters of "
+                    f"the process; it has {sorted(params)}."
+                )
+        both = set(frozen) & set(variance)
+        if both:
             raise ValueError(
-                f"`sf.ScheduledModel(frozen=...)`: {unknown} are not parameters of "
-                f"the process; it has {sorted(params)}."
+                f"`sf.ScheduledModel`: {sorted(both)} are both frozen and trained for "
+                "variance; pick one."
             )
         self.model = model
         self.params = dict(params)
         self.template = _ByIdentity(process)
         self.frozen = tuple(frozen)
+        self.variance = tuple(variance)
 
     def __call__(self, t, x, *cond):
         return self.model(t, x, *cond)
@@ -202,10 +223,15 @@ class ScheduledModel(eqx.Module):
         """The process with the current parameters."""
         return eqx.tree_at(lambda p: p.params, self.template.value, dict(self.params))
 
-    def trained_process(self) -> AbstractProcess:
-        """The process with the gradient of the `frozen` parameters stopped."""
+    def trained_process(self, only: tuple[str, ...] | None = None) -> AbstractProcess:
+        """The process with the gradient of the `frozen` (and, for the bound, the
+        `variance`) parameters stopped; with `only`, of every parameter not in it."""
+        if only is None:
+            stop = set(self.frozen) | set(self.variance)
+        else:
+            stop = set(self.params) - set(only)
         params = {
-            k: jax.lax.stop_gradient(v) if k in self.frozen else v
+            k: jax.lax.stop_gradient(v) if k in stop else v
             for k, v in self.params.items()
         }
         return eqx.tree_at(lambda p: p.params, self.template.value, params)
@@ -357,13 +383,28 @@ class ELBOLoss(AbstractLoss):
         pred = self.prediction
         lams = _end_log_snrs(process, dtype)
 
-        def one(x0, eps, t, c):
-            _, slope = _log_snr_and_slope(process, t)
-            err = _eps_error(process, net, pred, t, x0, eps, c)
-            recon, prior = _end_terms(lams, x0)
-            return (recon + prior + 0.5 * span * (-slope) * err) / x0.size
+        def diffusion(proc, net, x0, eps, t, c):
+            _, slope = _log_snr_and_slope(proc, t)
+            err = _eps_error(proc, net, pred, t, x0, eps, c)
+            return 0.5 * span * (-slope) * err
 
-        return jax.vmap(one)(x0, eps, t, cond)
+        def one(x0, eps, t, c):
+            recon, prior = _end_terms(lams, x0)
+            return (recon + prior + diffusion(process, net, x0, eps, t, c)) / x0.size
+
+        out = jax.vmap(one)(x0, eps, t, cond)
+        if isinstance(model, ScheduledModel) and model.variance:
+            # VDM's variance gradient: the same diffusion terms, differentiable in the
+            # `variance` parameters only; adding L^2 - stop_gradient(L^2) leaves the
+            # value alone and gives those parameters the gradient of E[L^2].
+            proc_v = model.trained_process(only=model.variance)
+            net_v = jax.tree_util.tree_map(
+                lambda v: jax.lax.stop_gradient(v) if eqx.is_array(v) else v, net
+            )
+            d = jax.vmap(lambda *a: diffusion(proc_v, net_v, *a))(x0, eps, t, cond)
+            sq = (d / x0[0].size) ** 2
+            out = out + sq - jax.lax.stop_gradient(sq)
+        return out
 
 
 def elbo_loss(
