@@ -118,9 +118,9 @@ def mlp_apply(params, t, x, temb=32):
     return h @ w + b
 
 
-def interleaved(fns, reps):
-    """First-call wall time of each, then the *minimum* over `reps` interleaved runs
-    of the process CPU time and of the wall time. On a shared machine the CPU time
+def interleaved(fns, reps, reduce=min):
+    """First-call wall time of each, then the *minimum* (or `reduce`) over `reps`
+    interleaved runs of the process CPU time and of the wall time. On a shared machine the CPU time
     (all threads of this process) measures the work done; wall time includes waiting
     for cores that other jobs hold."""
     first = []
@@ -136,7 +136,7 @@ def interleaved(fns, reps):
             jax.block_until_ready(fn())
             c.append(time.process_time() - c0)
             w.append(time.perf_counter() - w0)
-    return [(f, min(c), min(w)) for f, c, w in zip(first, cpu, wall)]
+    return [(f, reduce(c), reduce(w)) for f, c, w in zip(first, cpu, wall)]
 
 
 def table_bc(p, num, steps, reps):
@@ -252,22 +252,8 @@ def table_bc(p, num, steps, reps):
 
 
 def _median_cpu(fns, reps):
-    """First-call wall time of each, then the median over `reps` interleaved runs of
-    the process CPU time (all threads of this process) and of the wall time."""
-    first = []
-    for fn in fns:
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        first.append(time.perf_counter() - t0)
-    cpu = [[] for _ in fns]
-    wall = [[] for _ in fns]
-    for _ in range(reps):
-        for fn, c, w in zip(fns, cpu, wall):
-            c0, w0 = time.process_time(), time.perf_counter()
-            jax.block_until_ready(fn())
-            c.append(time.process_time() - c0)
-            w.append(time.perf_counter() - w0)
-    return [(f, np.median(c), np.median(w)) for f, c, w in zip(first, cpu, wall)]
+    """As `interleaved`, with the median over the runs instead of the minimum."""
+    return interleaved(fns, reps, reduce=np.median)
 
 
 def trivial_sde_cases(num, steps, d=2):

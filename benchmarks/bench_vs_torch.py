@@ -416,6 +416,16 @@ def emit(rows, line):
     print(line, flush=True)
 
 
+def scoreflow_rows(out, p, pred, gm, num, z, *, edm_only):
+    """One table row per scoreflow sampler: FD vs NFE from the same initial noise."""
+    for sname, kw in sf_samplers(p, edm_only=edm_only).items():
+        cells = []
+        for n in NFES:
+            xs, nfe = run_sf(p, pred, gm, num, z, **kw(n))
+            cells.append(cell(fd_truth(gm, xs), nfe, n))
+        emit(out, f"| scoreflow {sname} | " + " | ".join(cells) + " |")
+
+
 def tables_for(gm, name, num, ks):
     draw = jax.jit(lambda k, n: gm.sample(k, n), static_argnums=1)
     floor = [fd_truth(gm, draw(jr.key(100 + r), num)) for r in range(5)]
@@ -437,12 +447,7 @@ def tables_for(gm, name, num, ks):
             )
             cells.append(cell(fd_truth(gm, xs), nfe, n))
         emit(out, f"| diffusers {lname} | " + " | ".join(cells) + " |")
-    for sname, kw in sf_samplers(p, edm_only=False).items():
-        cells = []
-        for n in NFES:
-            xs, nfe = run_sf(p, pred, gm, num, z, **kw(n))
-            cells.append(cell(fd_truth(gm, xs), nfe, n))
-        emit(out, f"| scoreflow {sname} | " + " | ".join(cells) + " |")
+    scoreflow_rows(out, p, pred, gm, num, z, edm_only=False)
 
     # cross-check: scoreflow on the scheduler's own levels, from the same z
     pairs = {
@@ -502,12 +507,7 @@ def tables_for(gm, name, num, ks):
             xs, nfe = run_kdiff(ks, fn, ex, z, karras(ks, p, k_of(n)))
             cells.append(cell(fd_truth(gm, xs), nfe, n))
         emit(out, f"| k-diffusion {lname} | " + " | ".join(cells) + " |")
-    for sname, kw in sf_samplers(p, edm_only=True).items():
-        cells = []
-        for n in NFES:
-            xs, nfe = run_sf(p, pred, gm, num, z, **kw(n))
-            cells.append(cell(fd_truth(gm, xs), nfe, n))
-        emit(out, f"| scoreflow {sname} | " + " | ".join(cells) + " |")
+    scoreflow_rows(out, p, pred, gm, num, z, edm_only=True)
 
     kpairs = {
         "sample_euler ↔ sf.DDIM": ("sample_euler", sf.DDIM(), lambda n: n),
