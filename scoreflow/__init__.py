@@ -8,8 +8,12 @@ import sympy as sympy
 from . import metrics as metrics, toy as toy
 from ._process import (
     AbstractDeclaredProcess as AbstractDeclaredProcess,
+    AbstractGaussianProcess as AbstractGaussianProcess,
     AbstractLinearProcess as AbstractLinearProcess,
     AbstractProcess as AbstractProcess,
+    AbstractScalarProcess as AbstractScalarProcess,
+    DeclaredProcess as DeclaredProcess,
+    DeclaredSDE as DeclaredSDE,
     CLD as CLD,
     CosineVP as CosineVP,
     EDM as EDM,

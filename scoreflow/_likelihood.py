@@ -14,6 +14,7 @@ et al. 2019, [arXiv:1810.01367](https://arxiv.org/abs/1810.01367); Song et al. 2
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -25,9 +26,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._count import runge_kutta_evaluations
 from ._custom_types import Scalar
-from ._process import AbstractProcess
-from ._process._linear import require_scalar_process
+from ._process import AbstractProcess, AbstractScalarProcess, DeclaredSDE, require
 
 TraceType = Literal["exact", "hutchinson", "hutch++"]
 ProbeType = Literal["rademacher", "gaussian"]
@@ -173,26 +174,31 @@ class LikelihoodInfo(eqx.Module):
 
 class _ScoreVelocity(eqx.Module):
     r"""The PF-ODE velocity from a score, for processes without a Gaussian kernel:
-    $f - \tfrac12(\partial_x g^2 + g^2\,\text{score})$."""
+    the process's reverse drift at $\eta = 0$."""
 
     process: AbstractProcess
     predictor: Any
 
     def __call__(self, t, x):
-        p = self.process
-        score = self.predictor.score(t, x)
-        if p.state_dependent_diffusion:
-            return p.drift(t, x) - 0.5 * (p.dg2_dx(t, x) + p.g2(t, x) * score)
-        return p.drift(t, x) - 0.5 * p.g2(t) * score
+        return self.process.reverse_drift(t, x, self.predictor.score(t, x))
 
 
-def _velocity_fn(predictor, process=None) -> Callable:
-    if (
-        process is not None
-        and not getattr(process, "has_gaussian_kernel", True)
-        and callable(getattr(predictor, "score", None))
-    ):
+@functools.singledispatch
+def _velocity_for(process, predictor) -> Callable:
+    """The PF-ODE velocity: the predictor's own (exact through the kernel) where
+    the process has a scalar kernel and the predictor converts; else from its
+    score."""
+    return _velocity_fn(predictor)
+
+
+@_velocity_for.register
+def _(process: DeclaredSDE, predictor) -> Callable:
+    if callable(getattr(predictor, "score", None)):
         return _ScoreVelocity(process, predictor)
+    return _velocity_fn(predictor)
+
+
+def _velocity_fn(predictor) -> Callable:
     if hasattr(predictor, "velocity") and callable(predictor.velocity):
         return predictor.velocity
     if callable(predictor):
@@ -225,6 +231,7 @@ def log_likelihood(
     t1: float | None = None,
     prior_log_prob: Callable[[Array], Scalar] | None = None,
     return_info: bool = False,
+    throw: bool = True,
 ) -> Scalar | tuple[Scalar, LikelihoodInfo]:
     r"""The log-density $\log p_{t_0}(x)$ of one example under the model, by the
     instantaneous change of variables along the probability-flow ODE:
@@ -268,6 +275,9 @@ def log_likelihood(
       default `process.prior_log_prob` ($N(0, \sigma(t_1)^2 I)$).
     - `return_info`: also return a [`scoreflow.LikelihoodInfo`][] with solver
       statistics.
+    - `throw`: raise (inside jit, `EqxRuntimeError`) when the solve fails or the
+      value is not finite, as diffrax's `throw=`; with `False` the value may be NaN
+      and `info.result` says what happened.
 
     **Returns:** the scalar $\log p_{t_0}(x)$ in nats (its stochastic estimate for
     Hutchinson traces), or `(value, info)`.
@@ -283,7 +293,12 @@ def log_likelihood(
     ```
     """
     call = "sf.log_likelihood"
-    require_scalar_process(process, call)
+    require(
+        process,
+        (AbstractScalarProcess, DeclaredSDE),
+        call,
+        need="a process with scalar (elementwise) coefficients",
+    )
     if method != "ode":
         raise ValueError(
             f"`{call}(method={method!r})`: the likelihood is defined by the "
@@ -317,7 +332,7 @@ def log_likelihood(
             f"`{call}(trace={trace!r})`: a stochastic trace needs a PRNG key for its "
             "probe vectors (randomness is explicit); pass one as the first argument."
         )
-    velocity = _velocity_fn(predictor, process)
+    velocity = _velocity_for(process, predictor)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
@@ -364,7 +379,7 @@ def log_likelihood(
         adjoint=adjoint,
         max_steps=max_steps,
         saveat=diffrax.SaveAt(t1=True),
-        throw=True,
+        throw=throw,
     )
     x1, per_probe = (leaf[0] for leaf in sol.ys)
     delta = jnp.mean(per_probe)
@@ -376,9 +391,17 @@ def log_likelihood(
         std_error = jnp.full((), jnp.nan, dtype)
     prior_lp = jnp.asarray(prior(x1)).astype(dtype)
     value = prior_lp + delta
+    if throw:
+        value = eqx.error_if(
+            value,
+            ~jnp.isfinite(value),
+            "sf.log_likelihood: the log-likelihood is not finite (a NaN or inf from "
+            "the model's velocity or the prior); check the model's output on this "
+            "example, or pass throw=False to get the value and `info.result`.",
+        )
     if not return_info:
         return value
-    stages = _num_stages(solver)
+    rk = runge_kutta_evaluations(solver)
     steps = sol.stats["num_steps"]
     info = LikelihoodInfo(
         prior_log_prob=prior_lp,
@@ -389,7 +412,9 @@ def log_likelihood(
         num_accepted_steps=sol.stats["num_accepted_steps"],
         num_rejected_steps=sol.stats["num_rejected_steps"],
         max_steps=max_steps,
-        num_vector_field_evals=steps * stages if stages else jnp.asarray(-1),
+        num_vector_field_evals=(
+            steps * rk[0] + rk[1] if rk is not None else jnp.asarray(-1)
+        ),
         num_jvp_per_eval=jvps,
         result=sol.result,
         t0=t0,
@@ -423,20 +448,6 @@ class _AugmentedField(eqx.Module):
             per_probe=True,
         )
         return v, terms.astype(dtype)
-
-
-def _num_stages(solver) -> int:
-    """New vector-field evaluations per step of a Runge–Kutta solver (0 if unknown)."""
-    tableau = getattr(solver, "tableau", None)
-    if tableau is not None and hasattr(tableau, "num_stages"):
-        return tableau.num_stages - (1 if getattr(tableau, "fsal", False) else 0)
-    simple = {
-        diffrax.Euler: 1,
-        diffrax.Heun: 2,
-        diffrax.Midpoint: 2,
-        diffrax.Ralston: 2,
-    }
-    return simple.get(type(solver), 0)
 
 
 # --------------------------------------------------------------------------- #

@@ -30,7 +30,7 @@ from ._process import AbstractProcess
 def _sigma_data(process, sigma_data):
     if sigma_data is not None:
         return float(sigma_data)
-    return float(getattr(process, "sigma_data", 1.0))
+    return float(process.sigma_data)
 
 
 def edm_coefficients(process: AbstractProcess, t, sigma_data: float | None = None):

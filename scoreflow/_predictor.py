@@ -146,7 +146,7 @@ class Predictor(eqx.Module):
         sigma_data: float | None = None,
     ):
         self.prediction = check_prediction(prediction, "sf.Predictor")
-        from ._process._linear import AbstractLinearProcess
+        from ._process import AbstractLinearProcess
 
         if isinstance(process, AbstractLinearProcess) and prediction != "score":
             raise ValueError(

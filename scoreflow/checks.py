@@ -44,7 +44,12 @@ import sympy
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import Scalar, ScalarLike
-from ._process._linear import require_scalar_process
+from ._process import (
+    AbstractDeclaredProcess,
+    AbstractScalarProcess,
+    DeclaredSDE,
+    require,
+)
 from ._symbols import t as T, x as X
 
 __all__ = [
@@ -203,10 +208,8 @@ def fokker_planck_residual(
     sf.checks.fokker_planck_residual(vp, lp, 0.3, x)   # ~1e-16 in float64
     ```
     """
-    require_scalar_process(process, "sf.checks.fokker_planck_residual")
-    if getattr(process, "state_dependent_diffusion", False):
-        return _fp_state(process.drift, process.g2, log_prob, t, x, relative)
-    return _fp(process.drift, process.g2, log_prob, t, x, relative)
+    _require_scalar(process, "sf.checks.fokker_planck_residual")
+    return _fp_for(process)(process.drift, process.g2, log_prob, t, x, relative)
 
 
 def continuity_residual(
@@ -260,35 +263,42 @@ def reverse_fokker_planck_residual(
 
     **Returns:** a scalar.
     """
-    require_scalar_process(process, "sf.checks.reverse_fokker_planck_residual")
+    _require_scalar(process, "sf.checks.reverse_fokker_planck_residual")
     t1 = process.t1
 
     def log_q(u, y):
         return log_prob(t1 - u, y)
 
-    t, x = _prepare(t, x)
-    if getattr(process, "state_dependent_diffusion", False):
-
-        def drift_x(u, y):
-            s = t1 - u
-            return (
-                -process.drift(s, y)
-                + process.g2(s, y) * score(s, y)
-                + process.dg2_dx(s, y)
-            )
-
-        return _fp_state(
-            drift_x, lambda u, y: process.g2(t1 - u, y), log_q, t1 - t, x, relative
-        )
-
     def drift(u, y):
         s = t1 - u
-        return -process.drift(s, y) + process.g2(s) * score(s, y)
+        return -process.reverse_drift(s, y, score(s, y), 1.0)
 
-    def g2(u):
-        return process.g2(t1 - u)
+    def g2(u, *y):
+        return process.g2(t1 - u, *y)
 
-    return _fp(drift, g2, log_q, t1 - t, x, relative)
+    t, x = _prepare(t, x)
+    return _fp_for(process)(drift, g2, log_q, t1 - t, x, relative)
+
+
+def _require_scalar(process, call):
+    require(
+        process,
+        (AbstractScalarProcess, DeclaredSDE),
+        call,
+        need="a process with scalar (elementwise) coefficients",
+    )
+
+
+@functools.singledispatch
+def _fp_for(process):
+    """The FP residual for the process's diffusion: `g2(t)` for a scalar kernel."""
+    return _fp
+
+
+@_fp_for.register
+def _(process: DeclaredSDE):
+    """A declared SDE's `g2(t, x)` may depend on the state (diagonal D(x))."""
+    return _fp_state
 
 
 # --------------------------------------------------------------------------- #
@@ -342,9 +352,8 @@ class FokkerPlanckResult:
 
 
 def _info(process):
-    info = getattr(process, "_info", None)
-    d = None if info is None else info.derivation
-    call = getattr(info, "call", type(process).__name__)
+    require(process, AbstractDeclaredProcess, "sf.checks.symbolic_fokker_planck")
+    d, call = process.derivation, process.call
     if (
         d is None
         or d.drift is None
@@ -357,11 +366,11 @@ def _info(process):
             "expressions in sf.t (and sf.x), or use the numerical "
             "`sf.checks.fokker_planck_residual` with a candidate log-density."
         )
-    return info, d
+    return call, d
 
 
 def _simplify(e, seconds=8.0):
-    from ._process._derive import try_sympy
+    from ._process import try_sympy
 
     if e == 0:
         return sympy.S.Zero
@@ -514,7 +523,7 @@ def _abs_scale(expr):
     return sympy.Add(*[sympy.Abs(a) for a in args])
 
 
-def _symbolic_stationary(process, info):
+def _symbolic_stationary(process, call):
     s = process.symbolic
     ell = process.prior.expr
     p = sympy.exp(ell)
@@ -527,7 +536,7 @@ def _symbolic_stationary(process, info):
         proof="symbolic",
         log_density=ell,
         conditions={"flux / p = f - (g^2 p)' / (2 p)": cond},
-        sde=info.call,
+        sde=call,
         kernel="stationary density",
         data="stationary",
     )
@@ -582,33 +591,31 @@ def symbolic_fokker_planck(
     **Raises:** `ValueError` for a process declared with callables, or without a
     Gaussian kernel and without a stationary-density prior.
     """
-    require_scalar_process(process, "sf.checks.symbolic_fokker_planck")
+    _require_scalar(process, "sf.checks.symbolic_fokker_planck")
     if data not in ("point", "gaussian"):
         raise ValueError(
             f"`sf.checks.symbolic_fokker_planck(data={data!r})`: expected 'point' or "
             "'gaussian'."
         )
-    info, d = _info(process)
+    call, d = _info(process)
     kernel_process = process if kernel is None else kernel
-    kinfo, kd = _info(kernel_process)
+    kcall, kd = _info(kernel_process)
     if kd.alpha is None and kernel is None:
-        from ._process._stationary import StationaryDensity
-
-        if isinstance(getattr(process, "prior", None), StationaryDensity):
-            return _symbolic_stationary(process, info)
+        if process.symbolic.stationary_log_density is not None:
+            return _symbolic_stationary(process, call)
     if kd.alpha is None:
         raise ValueError(
-            f"`sf.checks.symbolic_fokker_planck`: `{kinfo.call}` has no Gaussian "
+            f"`sf.checks.symbolic_fokker_planck`: `{kcall}` has no Gaussian "
             f"kernel ({kd.gaussian_reason}); the symbolic check needs one. Use the "
             "numerical `sf.checks.fokker_planck_residual` with a candidate density."
         )
     if substitute is None:
         substitute = kernel is not None and kernel is not process
-    from ._process._declared import _as_number
 
-    def values(proc, inf):
-        return {s: _as_number(proc.params[s.name]) for s in inf.param_symbols}
+    def values(proc, _):
+        return proc.exact_params()
 
+    info = kinfo = None
     all_vals = {**values(process, info), **values(kernel_process, kinfo)}
     drift, g2 = d.drift, d.g2
     alpha, sigma2 = kd.alpha, kd.sigma**2
@@ -628,7 +635,7 @@ def symbolic_fokker_planck(
         proof=proof,
         log_density=ell,
         conditions=conds,
-        sde=info.call,
-        kernel=kinfo.call,
+        sde=call,
+        kernel=kcall,
         data=data if data == "point" else "N(m, s^2)",
     )

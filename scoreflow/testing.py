@@ -277,7 +277,7 @@ def marginal_residuals(process, mixture: GaussianMixture, t, x) -> dict:
         return mixture.marginal(process, s).log_prob(y)
 
     def pf_velocity(s, y):
-        return process.drift(s, y) - 0.5 * process.g2(s) * score(s, y)
+        return process.reverse_drift(s, y, score(s, y))
 
     return {
         "fokker_planck": checks.fokker_planck_residual(process, log_prob, t, x),

@@ -236,7 +236,7 @@ def test_drift_and_diffusion_act_on_blocks():
     F = np.asarray(p.F(0.2))
     np.testing.assert_allclose(p.drift(0.2, x), F @ np.asarray(x), rtol=1e-14)
     Q = np.asarray(p.diffusion_cov(0.2))
-    np.testing.assert_allclose(p.diffusion_cov_apply(0.2, x), Q @ np.asarray(x))
+    np.testing.assert_allclose(p.diffusion_cov_apply(0.2, x, x), Q @ np.asarray(x))
 
 
 # --------------------------------------------------------------------------- #

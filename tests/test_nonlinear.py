@@ -77,7 +77,7 @@ def test_reverse_drift_matches_hand_derivation(f, g, div):
     """Anderson (1982) with diagonal noise: reverse drift f - d/dx(g^2) - g^2 s,
     PF-ODE f - 1/2 d/dx(g^2) - 1/2 g^2 s."""
     p = sf.SDE(drift=f, diffusion=g)
-    assert p.state_dependent_diffusion and not p.has_gaussian_kernel
+    assert p.symbolic.dg2_dx != 0 and not isinstance(p, sf.AbstractGaussianProcess)
     s = sympy.Function("s")(t, x)
     dt = sympy.Symbol("dt")
     eqs = p.equations()
@@ -116,7 +116,7 @@ def test_ito_stratonovich_round_trip_exact(f, g):
 
 def test_additive_noise_is_unchanged():
     vp = sf.VP()
-    assert vp.has_gaussian_kernel and not vp.state_dependent_diffusion
+    assert isinstance(vp, sf.AbstractGaussianProcess) and vp.symbolic.dg2_dx == 0
     assert vp.symbolic.dg2_dx == 0
     assert sympy.simplify(vp.symbolic.f_stratonovich - vp.symbolic.f) == 0
     assert "Strat" not in vp.describe()
@@ -225,14 +225,14 @@ def test_reverse_dynamics_keep_stationary_density(which, request):
     cdf = lambda v: p.prior.cdf(jnp.asarray(v))
     crit = _ks_crit(n)
     solvers = [diffrax.Euler()]
-    if p.state_dependent_diffusion:
+    if p.symbolic.dg2_dx != 0:
         solvers.append(diffrax.Heun())  # Stratonovich terms, built automatically
     for solver in solvers:
         xs = sf.sample(
             jr.key(2), p, pred, (), num=n, method="sde", solver=solver, steps=steps
         )
         assert _ks(xs, cdf) < crit, (which, solver)
-    if p.state_dependent_diffusion:
+    if p.symbolic.dg2_dx != 0:
         # Control: dropping the divergence term d/dx g^2 from the reverse drift
         # (score -> score - (g^2)'/g^2) visibly breaks stationarity (KS ~ 0.12).
         def no_div(tt, v):
@@ -392,7 +392,7 @@ def _fp_mult(p, theta, a, pt):
 @given(theta=st.floats(0.3, 2.0), a=st.floats(0.2, 2.0), xv=st.floats(-3.0, 3.0))
 def test_fp_residual_state_dependent_stationary(mult_family, theta, a, xv):
     p = _with_params(mult_family, theta=theta, a=a)
-    assert p.state_dependent_diffusion
+    assert p.symbolic.dg2_dx != 0
     exact, wrong = _fp_mult(p, theta, a, jnp.asarray([xv, 0.5]))
     assert abs(exact) < 1e-10
     assert abs(wrong) > 1e-3

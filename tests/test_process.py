@@ -377,7 +377,7 @@ def test_free_symbols_rejected():
     with pytest.raises(ValueError, match="may only depend on sf.t and sf.x"):
         sf.SDE(-sf.x, a * sf.x)
     # A diffusion in x is a state-dependent diffusion (tests/test_nonlinear.py).
-    assert sf.SDE(-sf.x, sf.x).state_dependent_diffusion
+    assert sf.SDE(-sf.x, sf.x).symbolic.dg2_dx != 0
 
 
 def test_bad_times_and_parameters():
@@ -435,3 +435,19 @@ def test_sympy_time_limit_survives_a_swallowed_signal():
     start = time.monotonic()
     assert try_sympy(work, seconds=0.1) is None
     assert time.monotonic() - start < 1.5
+
+
+def test_capability_flags_are_deprecated_and_replaced_by_the_ladder():
+    """`has_gaussian_kernel` / `state_dependent_diffusion` still answer, with a
+    DeprecationWarning; the ladder's classes say the same."""
+    vp, gbm = sf.VP(), sf.SDE(0.5 * sf.x, 0.4 * sf.x)
+    with pytest.warns(DeprecationWarning, match="AbstractGaussianProcess"):
+        assert vp.has_gaussian_kernel
+    with pytest.warns(DeprecationWarning, match="dg2_dx"):
+        assert gbm.state_dependent_diffusion
+    assert isinstance(vp, sf.AbstractScalarProcess)
+    assert isinstance(sf.CLD(), sf.AbstractGaussianProcess)
+    assert not isinstance(sf.CLD(), sf.AbstractScalarProcess)
+    assert isinstance(gbm, sf.DeclaredSDE)
+    assert not isinstance(gbm, sf.AbstractGaussianProcess)
+    assert isinstance(sf.SDE(-sf.x, 1), sf.DeclaredProcess)

@@ -21,8 +21,7 @@ import sympy
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._custom_types import Scalar, ScalarLike
-from .._process import _derive
-from .._process._declared import _params_dict, _Sym
+from .._process import Expr, _derive, params_dict
 from .._symbols import t as T_SYM
 
 _NAMES = ("alpha", "beta", "gamma")
@@ -123,7 +122,7 @@ class StochasticInterpolant(eqx.Module):
     """
 
     params: dict[str, Array]
-    _fns: dict[str, _Sym]
+    _fns: dict[str, Expr]
     _exprs: tuple[tuple[str, sympy.Expr], ...] = eqx.field(static=True)
     call: str = eqx.field(static=True)
     has_noise: bool = eqx.field(static=True)
@@ -131,7 +130,7 @@ class StochasticInterpolant(eqx.Module):
 
     def __init__(self, alpha, beta, gamma=0, *, params: Mapping | None = None):
         gamma = _gamma_expr(gamma)
-        syms, vals = _params_dict(params, "sf.StochasticInterpolant")
+        syms, vals = params_dict(params, "sf.StochasticInterpolant")
         call0 = f"sf.StochasticInterpolant(alpha={alpha}, beta={beta}, gamma={gamma})"
         exprs = {
             name: _derive.to_expr(
@@ -151,7 +150,7 @@ class StochasticInterpolant(eqx.Module):
         _check_declaration(call, numeric)
         gd = _lambdify(numeric["gamma_dot"])(np.array([0.0, 1.0]))
         self.params = vals
-        self._fns = {k: _Sym(e) for k, e in exprs.items()}
+        self._fns = {k: Expr(e) for k, e in exprs.items()}
         self._exprs = tuple(exprs.items())
         self.call = call
         self.has_noise = not (numeric["gamma"] == 0)

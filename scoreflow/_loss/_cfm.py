@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._predictor import PredictionType, check_prediction, from_hub, to_hub
-from .._process import AbstractProcess
+from .._process import AbstractScalarProcess, require
 from ._common import (
+    SSM_HINT,
     AbstractLoss,
     as_float_data,
     call_model,
     check_dropout,
-    require_kernel,
 )
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 
@@ -65,7 +65,7 @@ def ot_coupling(key, x0, eps, *, epsilon: float = 0.01, relative: bool = True):
 class CFMLoss(AbstractLoss):
     r"""Conditional flow matching (see [`scoreflow.cfm_loss`][])."""
 
-    process: AbstractProcess
+    process: AbstractScalarProcess
     prediction: str = eqx.field(static=True)
     coupling: str = eqx.field(static=True)
     time_sampler: AbstractTimeSampler
@@ -107,7 +107,7 @@ class CFMLoss(AbstractLoss):
 
 
 def cfm_loss(
-    process: AbstractProcess,
+    process: AbstractScalarProcess,
     *,
     coupling: str = "independent",
     prediction: PredictionType = "velocity",
@@ -157,7 +157,7 @@ def cfm_loss(
         )
     if coupling == "ot":
         _import_ott()
-    require_kernel(process, call)
+    require(process, AbstractScalarProcess, call, hint=SSM_HINT)
     return CFMLoss(
         process=process,
         prediction=prediction,

@@ -23,7 +23,7 @@ class DataScaleWarning(UserWarning):
 
 def expected_data_std(process: AbstractProcess) -> float:
     """The data std a process is designed for: `sigma_data` for `sf.EDM`, else 1."""
-    return float(getattr(process, "sigma_data", 1.0))
+    return float(process.sigma_data)
 
 
 def check_data_scale(
@@ -171,11 +171,7 @@ def check_dropout(p, call):
     return float(p)
 
 
-def require_kernel(process, call):
-    try:
-        process.alpha(process.t1)
-    except ValueError as e:
-        raise ValueError(
-            f"`{call}` needs a process with a Gaussian kernel; {e} For such processes "
-            "use `sf.ssm_loss` (sliced score matching on simulated x_t)."
-        ) from e
+SSM_HINT = (
+    " For processes without one use `sf.ssm_loss` (sliced score matching on "
+    "simulated x_t)."
+)

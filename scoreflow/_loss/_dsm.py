@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,22 +11,16 @@ import jax.random as jr
 
 from .._precond import EDMPreconditioner
 from .._predictor import PredictionType, check_prediction, from_hub
-from .._process import AbstractProcess
-from .._process._linear import AbstractLinearProcess
-from ._common import (
-    AbstractLoss,
-    as_float_data,
-    call_model,
-    check_dropout,
-    require_kernel,
+from .._process import (
+    AbstractLinearProcess,
+    AbstractProcess,
+    AbstractScalarProcess,
+    require,
 )
+from ._common import SSM_HINT, AbstractLoss, as_float_data, call_model, check_dropout
 from ._linear_dsm import linear_dsm_loss
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 from ._weighting import AbstractWeighting, as_weighting, prediction_factor
-
-
-def _coefs(process, t, dtype, *names):
-    return tuple(jnp.asarray(getattr(process, n)(t)).astype(dtype) for n in names)
 
 
 class DSMLoss(AbstractLoss):
@@ -71,8 +67,7 @@ class DSMLoss(AbstractLoss):
         process, pred = self.process, self.prediction
 
         def one(x0, eps, t, wt, c):
-            a, s = _coefs(process, t, dtype, "alpha", "sigma")
-            xt = a * x0 + s * eps
+            xt = process.marginal(x0, eps, t)
             out = call_model(net, t, xt, c)
             target = from_hub(process, pred, t, xt, x0, eps).astype(dtype)
             factor = self.weighting(process, t) / prediction_factor(process, pred, t)
@@ -142,21 +137,52 @@ def dsm_loss(
     """
     call = "sf.dsm_loss"
     prediction = check_prediction(prediction, call)
-    if isinstance(process, AbstractLinearProcess):
-        if prediction != "score" or precondition is not None:
-            raise ValueError(
-                f"`{call}`: for a matrix linear SDE ({process!r}) the model predicts "
-                f"the score (prediction='score', no preconditioning), got "
-                f"prediction={prediction!r}."
-            )
-        return linear_dsm_loss(
-            process,
-            weighting=weighting,
-            time_sampler=time_sampler,
-            cond_dropout=cond_dropout,
-            null_cond=null_cond,
-            call=call,
+    return _dsm_for(
+        process,
+        call=call,
+        prediction=prediction,
+        weighting=weighting,
+        time_sampler=time_sampler,
+        precondition=precondition,
+        sigma_data=sigma_data,
+        cond_dropout=cond_dropout,
+        null_cond=null_cond,
+        check_scale=check_scale,
+    )
+
+
+@functools.singledispatch
+def _dsm_for(process, *, call, **kw):
+    require(process, AbstractScalarProcess, call, hint=SSM_HINT)
+
+
+@_dsm_for.register
+def _(process: AbstractLinearProcess, *, call, prediction, precondition, **kw):
+    if prediction != "score" or precondition is not None:
+        raise ValueError(
+            f"`{call}`: for a matrix linear SDE ({process!r}) the model predicts "
+            f"the score (prediction='score', no preconditioning), got "
+            f"prediction={prediction!r}."
         )
+    kw.pop("sigma_data")
+    kw.pop("check_scale")
+    return linear_dsm_loss(process, call=call, **kw)
+
+
+@_dsm_for.register
+def _(
+    process: AbstractScalarProcess,
+    *,
+    call,
+    prediction,
+    weighting,
+    time_sampler,
+    precondition,
+    sigma_data,
+    cond_dropout,
+    null_cond,
+    check_scale,
+):
     if precondition not in (None, "edm"):
         raise ValueError(
             f"`{call}`: precondition must be None or 'edm', got {precondition!r}."
@@ -166,7 +192,6 @@ def dsm_loss(
             f"`{call}(precondition='edm')`: the preconditioned network is a denoiser, "
             f"so prediction must be 'x0', got {prediction!r}."
         )
-    require_kernel(process, call)
     return DSMLoss(
         process=process,
         prediction=prediction,

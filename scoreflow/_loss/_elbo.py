@@ -31,15 +31,19 @@ import jax.random as jr
 import sympy
 
 from .._predictor import PredictionType, check_prediction, to_hub
-from .._process import AbstractProcess
-from .._process._linear import require_scalar_process
+from .._process import (
+    AbstractDeclaredProcess,
+    AbstractProcess,
+    AbstractScalarProcess,
+    require,
+)
 from .._symbols import t as _t
 from ._common import (
+    SSM_HINT,
     AbstractLoss,
     as_float_data,
     call_model,
     check_dropout,
-    require_kernel,
 )
 
 _LN2 = math.log(2.0)
@@ -190,7 +194,14 @@ class ScheduledModel(eqx.Module):
         frozen: tuple[str, ...] = (),
         variance: tuple[str, ...] = (),
     ):
-        params = getattr(process, "params", None)
+        require(
+            process,
+            AbstractDeclaredProcess,
+            "sf.ScheduledModel",
+            need="a declared process with trainable `params` (sf.SDE, sf.Interpolant, "
+            "sf.learned_schedule())",
+        )
+        params = process.params
         if not params:
             raise ValueError(
                 "`sf.ScheduledModel`: the process has no trainable `params`; declare "
@@ -321,7 +332,7 @@ def elbo(
     **Returns:** an [`scoreflow.ELBO`][] (`.total`, `.bits_per_dim`, the three
     terms and the standard error of the estimate). vmap it over a batch.
     """
-    require_scalar_process(process, "sf.elbo")
+    require(process, AbstractScalarProcess, "sf.elbo")
     x = as_float_data(x)
     dtype = x.dtype
     k_t, k_e = jr.split(key)
@@ -374,9 +385,7 @@ class ELBOLoss(AbstractLoss):
         if self.stratified:
             t = _stratified_times(k_t, process, n, dtype)
         else:
-            t = jr.uniform(
-                k_t, (n,), dtype, minval=process.t0, maxval=process.t1
-            )
+            t = jr.uniform(k_t, (n,), dtype, minval=process.t0, maxval=process.t1)
         eps = jr.normal(k_eps, x0.shape, dtype)
         cond = self._labels(k_drop, cond)
         span = process.t1 - process.t0
@@ -454,8 +463,7 @@ def elbo_loss(
     """
     call = "sf.elbo_loss"
     prediction = check_prediction(prediction, call)
-    require_scalar_process(process, call)
-    require_kernel(process, call)
+    require(process, AbstractScalarProcess, call, hint=SSM_HINT)
     return ELBOLoss(
         process=process,
         prediction=prediction,
@@ -464,4 +472,3 @@ def elbo_loss(
         null_cond=null_cond,
         check_scale=check_scale,
     )
-

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .._process._linear import AbstractLinearProcess, apply_blocks
+from .._process import AbstractLinearProcess, apply_blocks, require
 from ._common import AbstractLoss, as_float_data, call_model, check_dropout
 from ._time_sampler import AbstractTimeSampler, UniformTime, as_time_sampler
 
@@ -86,8 +86,12 @@ def linear_dsm_loss(
     check_scale: bool = False,
     call: str = "sf.dsm_loss",
 ) -> LinearDSMLoss:
-    if not isinstance(process, AbstractLinearProcess):
-        raise TypeError(f"`{call}` needs an sf.AbstractLinearProcess, got {process!r}.")
+    require(
+        process,
+        AbstractLinearProcess,
+        call,
+        need="a matrix linear SDE (an sf.AbstractLinearProcess)",
+    )
     if weighting not in LINEAR_WEIGHTINGS:
         raise ValueError(
             f"`{call}`: for a matrix linear SDE the weighting must be one of "

@@ -9,9 +9,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import lineax as lx
 
 from .._process import AbstractProcess
+from .._sampling._dynamics import forward_sde
 from ._common import AbstractLoss, as_float_data, call_model, check_dropout
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 
@@ -31,24 +31,14 @@ def simulate_forward(process: AbstractProcess, key, x0, t, *, num_steps: int = 6
     t = jnp.asarray(t, dtype)
     dt = jnp.asarray(process.t1 / num_steps, dtype)
     end = jnp.maximum(t, jnp.finfo(dtype).tiny * 1e6)
-    drift = diffrax.ODETerm(lambda s, y, args: process.drift(s, y).astype(dtype))
-    if getattr(process, "state_dependent_diffusion", False):
-        # Euler-Maruyama converges to the Itô reading, which is how f is stored.
-        def diffusion(s, y, args):
-            return lx.DiagonalLinearOperator(process.diffusion(s, y).astype(dtype))
-
-    else:
-
-        def diffusion(s, y, args):
-            return lx.DiagonalLinearOperator(
-                jnp.broadcast_to(process.diffusion(s).astype(dtype), y.shape)
-            )
-
-    noise = diffrax.ControlTerm(
-        diffusion, diffrax.UnsafeBrownianPath(shape=x0.shape, key=key)
+    # Euler-Maruyama converges to the Itô reading, which is how f is stored.
+    terms = forward_sde(
+        process,
+        diffrax.UnsafeBrownianPath(shape=x0.shape, key=key),
+        convention="ito",
     )
     sol = diffrax.diffeqsolve(
-        diffrax.MultiTerm(drift, noise),
+        terms,
         diffrax.Euler(),
         t0=jnp.zeros((), dtype),
         t1=end,
@@ -162,13 +152,14 @@ def ssm_loss(
     [arXiv:1905.07088](https://arxiv.org/abs/1905.07088)
     """
     call = "sf.ssm_loss"
-    if weighting == "likelihood" and getattr(
-        process, "state_dependent_diffusion", False
-    ):
-        raise ValueError(
-            f"`{call}`: weighting='likelihood' (g(t)^2) needs a diffusion that does not "
-            "depend on x; use 'uniform' or a callable w(process, t)."
-        )
+    if weighting == "likelihood":
+        try:
+            process.g2(process.t1)
+        except ValueError as e:
+            raise ValueError(
+                f"`{call}`: weighting='likelihood' (g(t)^2) needs a diffusion that does "
+                "not depend on x; use 'uniform' or a callable w(process, t)."
+            ) from e
     return SSMLoss(
         process=process,
         weighting=_ssm_weighting(weighting, call),

@@ -16,19 +16,6 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._process import AbstractProcess
-from .._process._declared import _bisect_time
-
-
-def _t_from_log_snr(process, lam):
-    """`process.t_from_log_snr`, falling back to bisection (optimistix) when the
-    closed-form inverse needs concrete parameters but the process is traced (e.g.
-    `eqx.filter_jit(loss)(...)` with the process inside the loss)."""
-    try:
-        return process.t_from_log_snr(lam)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        info = getattr(process, "_info", None)
-        horizon = info.horizon if info is not None else process.t1
-        return _bisect_time(process.log_snr, lam, horizon)
 
 
 def _range(process, dtype):
@@ -111,7 +98,7 @@ class LogNormalSigma(AbstractTimeSampler):
         log_sigma = self.p_mean + self.p_std * jr.normal(key, (n,), dtype)
         lo, hi = self._lam_range(process, dtype)
         lam = jnp.clip(-2 * log_sigma, lo, hi)
-        t = jnp.asarray(_t_from_log_snr(process, lam), dtype)
+        t = jnp.asarray(process.t_from_log_snr(lam), dtype)
         t0, t1 = _range(process, dtype)
         t = jnp.where(lam >= hi, t0, jnp.where(lam <= lo, t1, jnp.clip(t, t0, t1)))
         return t, jnp.ones((n,), dtype)
@@ -149,7 +136,7 @@ class LikelihoodImportance(AbstractTimeSampler):
         hi = jnp.asarray(process.log_snr(t0), dtype)
         lo = jnp.asarray(process.log_snr(t1), dtype)
         lam = jr.uniform(key, (n,), dtype, lo, hi)
-        t = jnp.clip(jnp.asarray(_t_from_log_snr(process, lam), dtype), t0, t1)
+        t = jnp.clip(jnp.asarray(process.t_from_log_snr(lam), dtype), t0, t1)
         return t, self.importance(process, t).astype(dtype)
 
     def importance(self, process, t):

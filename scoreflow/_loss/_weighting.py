@@ -117,7 +117,7 @@ class EDMWeighting(AbstractLogSNRWeighting):
     def _sd(self, process):
         if self.sigma_data is not None:
             return self.sigma_data
-        return getattr(process, "sigma_data", 1.0) if process is not None else 1.0
+        return process.sigma_data if process is not None else 1.0
 
     def of_log_snr(self, lam, process=None):
         sd = self._sd(process)

@@ -20,7 +20,6 @@ otherwise integrates the moment ODEs above with diffrax.
 import abc
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import diffrax
@@ -28,15 +27,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import lineax as lx
 import numpy as np
 import sympy
-import sympy2jax
 from equinox import AbstractVar
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._custom_types import Scalar, ScalarLike
 from .._symbols import t as T_SYM
 from . import _derive
+from ._expr import MatrixCall, MatrixExpr
+from ._ladder import AbstractGaussianProcess
 
 _U = sympy.Symbol("u", nonnegative=True)  # integration variable (never user-facing)
 _VERSION = 2  # part of the derivation's disk-cache key: bump when its logic changes
@@ -47,7 +48,7 @@ def apply_blocks(m: Array, x: Array) -> Array:
     return jnp.tensordot(m.astype(x.dtype), x, axes=(1, 0))
 
 
-class AbstractLinearProcess(eqx.Module):
+class AbstractLinearProcess(AbstractGaussianProcess):
     r"""A forward process $dx = F(t)\,x\,dt + G(t)\,dW$ with $k \times k$ matrix
     coefficients acting on the leading block axis of the state (shape
     `(k, *data_shape)`), time running from data ($t = 0$) to the prior ($t = t_1$).
@@ -118,13 +119,37 @@ class AbstractLinearProcess(eqx.Module):
         z = jnp.asarray(z)
         return apply_blocks(self.G(jnp.asarray(t, z.dtype)), z)
 
+    def diffusion_operator(self, t: ScalarLike, x: Float[ArrayLike, " k *shape"]):
+        r"""$G(t)$ on the block axis, as a lineax operator on increments shaped like
+        `x`."""
+        x = jnp.asarray(x)
+        g = self.G(jnp.asarray(t, x.dtype)).astype(x.dtype)
+        return lx.FunctionLinearOperator(
+            lambda z: apply_blocks(g, z), jax.ShapeDtypeStruct(x.shape, x.dtype)
+        )
+
     def diffusion_cov_apply(
-        self, t: ScalarLike, s: Float[ArrayLike, " k *shape"]
+        self,
+        t: ScalarLike,
+        x: Float[ArrayLike, " k *shape"],
+        v: Float[ArrayLike, " k *shape"],
     ) -> Array:
-        r"""$G(t) G(t)^\top s$ on the block axis (e.g. the score in the reverse
+        r"""$G(t) G(t)^\top v$ on the block axis (e.g. $v$ the score in the reverse
         drift)."""
-        s = jnp.asarray(s)
-        return apply_blocks(self.diffusion_cov(jnp.asarray(t, s.dtype)), s)
+        v = jnp.asarray(v)
+        return apply_blocks(self.diffusion_cov(jnp.asarray(t, v.dtype)), v)
+
+    def kernel_noise(self, key, t, shape, dtype):
+        r"""$L(t)\,z$, $z \sim N(0, I)$ of the state shape `(k, *data_shape)`."""
+        z = jr.normal(key, shape, dtype)
+        return apply_blocks(self.chol(t), z).astype(dtype)
+
+    def _why_not(self, rung):
+        return (
+            f"{self!r} is a matrix linear SDE (no scalar alpha, sigma), which it "
+            "does not support yet. Its kernel is available directly: "
+            "`process.mean_matrix(t)`, `process.cov(t)`, `process.kernel_score`"
+        )
 
     def embed(self, x0: Float[ArrayLike, "..."]) -> Array:
         r"""$m_0(x_0)$: a data point as a state of shape `(k, *data_shape)`."""
@@ -209,8 +234,6 @@ class AbstractLinearProcess(eqx.Module):
         component means $(A \otimes I)E\mu_c$, covariances
         $(A \otimes I)E S_c E^\top(A \otimes I)^\top + \Sigma(t) \otimes I_d$, with $E$
         the embedding of the data in the state."""
-        from ..toy import GaussianMixture
-
         k, D = self.num_blocks, gm.dim
         if self.data_row is None:
             if D % k:
@@ -231,7 +254,7 @@ class AbstractLinearProcess(eqx.Module):
         noise = jnp.kron(self.cov(t), jnp.eye(d, dtype=gm.means.dtype))
         means = gm.means @ big_a.T
         covs = jnp.einsum("ij,cjl,ml->cim", big_a, gm.covs, big_a) + noise
-        return GaussianMixture(gm.weights, means, covs)
+        return type(gm)(gm.weights, means, covs)
 
     def mixture_score(self, gm) -> "_LinearMixtureScore":
         r"""The exact score $\nabla_x\log p_t(x)$ of Gaussian-mixture data `gm` under
@@ -252,35 +275,6 @@ class _LinearMixtureScore(eqx.Module):
 # --------------------------------------------------------------------------- #
 # Declaration: sympy matrices, numbers or callables
 # --------------------------------------------------------------------------- #
-
-
-class _MatrixFn(eqx.Module):
-    """A `(k, k)` matrix of sympy expressions in `t`, compiled with sympy2jax."""
-
-    module: sympy2jax.SymbolicModule
-    shape: tuple[int, int] = eqx.field(static=True)
-
-    def __init__(self, m: sympy.Matrix):
-        extra = {k: getattr(jnp, v) for k, v in _derive.EXTRA_FUNCS.items()}
-        self.module = sympy2jax.SymbolicModule(list(m), extra_funcs=extra)
-        self.shape = tuple(m.shape)
-
-    def __call__(self, t):
-        t = jnp.asarray(t)
-        dtype = jnp.result_type(t.dtype, float)
-        t = t.astype(dtype)
-        vals = self.module(t=t)
-        return jnp.stack([jnp.asarray(v, dtype) for v in vals]).reshape(self.shape)
-
-
-class _CallFn(eqx.Module):
-    """A user callable `t -> (k, k)` array."""
-
-    fn: Callable
-
-    def __call__(self, t):
-        t = jnp.asarray(t)
-        return jnp.asarray(self.fn(t), jnp.result_type(t.dtype, float))
 
 
 def _as_sympy_matrix(value, name, call):
@@ -394,6 +388,9 @@ class _MomentODE(eqx.Module):
     def __call__(self, t):
         return _moments_jit(self, jnp.asarray(t))
 
+    def mean_and_cov(self, t):
+        return self(t)
+
     def _eval(self, t):
         dtype = jnp.result_type(t.dtype, float)
         t = t.astype(dtype)
@@ -465,8 +462,7 @@ class LinearSDE(AbstractLinearProcess):
     t1: float = eqx.field(static=True)
     _F: eqx.Module
     _G: eqx.Module
-    _kernel: eqx.Module | None  # (A, Sigma) closed forms
-    _moments: _MomentODE | None
+    kernel: eqx.Module  # how (A, Sigma) are obtained: _ClosedFormKernel or _MomentODE
     init_cov: Array
     _k: int = eqx.field(static=True)
     _data_row: int | None = eqx.field(static=True)
@@ -547,8 +543,8 @@ class LinearSDE(AbstractLinearProcess):
                 "row starts at the data point)."
             )
         self.init_cov = jnp.asarray(S0, jnp.result_type(float))
-        self._F = _MatrixFn(Fs) if Fs is not None else _CallFn(F)
-        self._G = _MatrixFn(Gs) if Gs is not None else _CallFn(G)
+        self._F = MatrixExpr(Fs) if Fs is not None else MatrixCall(F)
+        self._G = MatrixExpr(Gs) if Gs is not None else MatrixCall(G)
 
         kernel = None
         if method != "ode" and Fs is not None and Gs is not None:
@@ -575,13 +571,11 @@ class LinearSDE(AbstractLinearProcess):
                     else _derive.stable_form(e, (), self.t1)
                 )
             )
-            self._kernel = _KernelFns(_MatrixFn(A), _MatrixFn(stable))
-            self._moments = None
+            self.kernel = _ClosedFormKernel(MatrixExpr(A), MatrixExpr(stable))
             self.method = "symbolic"
             self.symbolic = LinearSymbolic(Fs, Gs, A, S)
         else:
-            self._kernel = None
-            self._moments = _MomentODE(self._F, self._G, self.init_cov, rtol, atol)
+            self.kernel = _MomentODE(self._F, self._G, self.init_cov, rtol, atol)
             self.method = "ode"
             self.symbolic = None if Fs is None or Gs is None else LinearSymbolic(Fs, Gs)
         self._check_positive_definite(call)
@@ -593,10 +587,14 @@ class LinearSDE(AbstractLinearProcess):
         first = self.t0 if self.t0 > 0 else self.t0 + 0.01 * span
         for tt in (first, self.t0 + 0.5 * span, self.t1):
             cov = np.asarray(self.cov(jnp.asarray(tt)), dtype=np.float64)
-            eig = np.linalg.eigvalsh(0.5 * (cov + cov.T)) if np.all(
-                np.isfinite(cov)
-            ) else np.array([np.nan])
-            if not (np.all(np.isfinite(eig)) and eig.min() > 1e-12 * max(eig.max(), 1.0)):
+            eig = (
+                np.linalg.eigvalsh(0.5 * (cov + cov.T))
+                if np.all(np.isfinite(cov))
+                else np.array([np.nan])
+            )
+            if not (
+                np.all(np.isfinite(eig)) and eig.min() > 1e-12 * max(eig.max(), 1.0)
+            ):
                 raise ValueError(
                     f"`{call}`: the kernel covariance Sigma(t) is not positive definite "
                     f"at t = {tt:.4g} (eigenvalues {np.round(eig, 6).tolist()}): the "
@@ -623,26 +621,26 @@ class LinearSDE(AbstractLinearProcess):
         return self._G(t)
 
     def mean_matrix(self, t):
-        if self._kernel is not None:
-            return self._kernel.A(t)
-        return self._moments(t)[0]
+        return self.kernel.mean_and_cov(t)[0]
 
     def cov(self, t):
-        if self._kernel is not None:
-            s = self._kernel.S(t)
-            return 0.5 * (s + s.T)
-        return self._moments(t)[1]
+        return self.kernel.mean_and_cov(t)[1]
 
     def mean_and_cov(self, t):
-        """`(mean_matrix(t), cov(t))` in one solve (for the moment-ODE path)."""
-        if self._kernel is not None:
-            return self.mean_matrix(t), self.cov(t)
-        return self._moments(t)
+        """`(mean_matrix(t), cov(t))` in one evaluation (one solve for the moment
+        ODEs)."""
+        return self.kernel.mean_and_cov(t)
 
 
-class _KernelFns(eqx.Module):
-    A: _MatrixFn
-    S: _MatrixFn
+class _ClosedFormKernel(eqx.Module):
+    """$A(t)$ and $\\Sigma(t)$ from sympy's closed forms."""
+
+    A: MatrixExpr
+    S: MatrixExpr
+
+    def mean_and_cov(self, t):
+        s = self.S(t)
+        return self.A(t), 0.5 * (s + s.T)
 
 
 class CLD(AbstractLinearProcess):
@@ -760,14 +758,3 @@ class CLD(AbstractLinearProcess):
 
     def cov(self, t):
         return self.sde.cov(t)
-
-
-def require_scalar_process(process, call: str) -> None:
-    """Raise a clear error where a function needs a scalar-coefficient process."""
-    if isinstance(process, AbstractLinearProcess):
-        raise ValueError(
-            f"`{call}` works with scalar-coefficient processes (drift f(t, x), "
-            f"diffusion g); {process!r} is a matrix linear SDE, which it does not "
-            "support yet. Its kernel is available directly: `process.mean_matrix(t)`, "
-            "`process.cov(t)`, `process.kernel_score`."
-        )

@@ -24,6 +24,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from .._custom_types import Scalar
 from .._symbols import t, x
 from . import _derive
+from ._expr import Expr
 
 TABLE_SIZE = 16385
 """Points of the CDF table (uniform in $\\operatorname{asinh} x$)."""
@@ -121,8 +122,6 @@ class StationaryDensity(eqx.Module):
     _score: eqx.Module
 
     def __init__(self, expr: sympy.Expr, *, call: str = "sf.StationaryDensity"):
-        from ._declared import _Sym
-
         # Floats for the numerics: exact rationals of float parameters can have
         # 30-digit numerators, which do not fit JAX integers.
         numeric = sympy.nfloat(expr, n=17)
@@ -132,8 +131,8 @@ class StationaryDensity(eqx.Module):
         dtype = jnp.result_type(float)
         self.grid = jnp.asarray(grid, dtype)
         self.cdf_table = jnp.asarray(cdf, dtype)
-        self._log_density = _Sym(numeric)
-        self._score = _Sym(sympy.nfloat(_derive._simplify(sympy.diff(expr, x)), n=17))
+        self._log_density = Expr(numeric)
+        self._score = Expr(sympy.nfloat(_derive._simplify(sympy.diff(expr, x)), n=17))
 
     @classmethod
     def of(cls, process) -> StationaryDensity:

@@ -39,12 +39,10 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import lineax as lx
 
 from .._process import AbstractProcess
-from .._process._linear import AbstractLinearProcess, apply_blocks
 
 
 def sde_convention(solver) -> str:
@@ -60,25 +58,6 @@ def sde_convention(solver) -> str:
     if isinstance(solver, diffrax.AbstractStratonovichSolver):
         return "stratonovich"
     return "ito"
-
-
-def _check_convention(convention, call, process=None, noisy=True):
-    if convention is None:
-        if noisy and getattr(process, "state_dependent_diffusion", False):
-            raise ValueError(
-                f"`{call}`: the diffusion of {process!r} depends on x, so the drift "
-                "differs between the Itô and Stratonovich readings; pass "
-                "convention='ito' or 'stratonovich' to match your diffrax solver, "
-                "e.g. convention=sf.sde_convention(solver) (Euler: 'ito'; Heun, "
-                "Midpoint: 'stratonovich')."
-            )
-        return "ito"
-    if convention not in ("ito", "stratonovich"):
-        raise ValueError(
-            f"`{call}(convention=...)` must be 'ito' or 'stratonovich', got "
-            f"{convention!r}."
-        )
-    return convention
 
 
 def _is_static_zero(eta) -> bool:
@@ -122,21 +101,16 @@ class ReverseDrift(eqx.Module):
         t = self.time(s)
         x = jnp.asarray(x)
         t = jnp.asarray(t, x.dtype)
-        eta = self.eta_at(t)
-        w = 0.5 if eta is None else (1 + eta**2) / 2
         score = self.predictor.score(t, x, cond)
-        if isinstance(self.process, AbstractLinearProcess):  # static: G G^T score
-            return -(
-                self.process.drift(t, x)
-                - w * self.process.diffusion_cov_apply(t, score)
-            )
-        if not getattr(self.process, "state_dependent_diffusion", False):  # static
-            return -(self.process.drift(t, x) - w * self.process.g2(t) * score)
-        g2, dg2 = self.process.g2(t, x), self.process.dg2_dx(t, x)
-        out = -(self.process.drift(t, x) - w * (g2 * score + dg2))
-        if self.convention == "stratonovich" and eta is not None:
-            out = out - 0.25 * eta**2 * dg2
-        return out
+        return -self.process.reverse_drift(t, x, score, self.eta_at(t), self.convention)
+
+
+class ReverseDriftTerm(diffrax.ODETerm):
+    r"""The drift term of the reverse-time dynamics: an `ODETerm` whose vector field
+    is a [`ReverseDrift`][scoreflow.internal.ReverseDrift] (process, predictor,
+    $\eta$), so scoreflow's samplers find the model through the term's type."""
+
+    vector_field: ReverseDrift
 
 
 class ReverseDiffusion(eqx.Module):
@@ -152,17 +126,10 @@ class ReverseDiffusion(eqx.Module):
         x = jnp.asarray(x)
         t = jnp.asarray(self.t1 - s, x.dtype)
         eta = self.eta(t) if callable(self.eta) else self.eta
-        if isinstance(self.process, AbstractLinearProcess):  # static: eta G on blocks
-            g = (eta * self.process.G(t)).astype(x.dtype)
-            return lx.FunctionLinearOperator(
-                lambda z: apply_blocks(g, z), jax.ShapeDtypeStruct(x.shape, x.dtype)
-            )
-        if getattr(self.process, "state_dependent_diffusion", False):
-            g = self.process.diffusion(t, x)
-        else:
-            g = self.process.diffusion(t)
-        scale = (eta * g).astype(x.dtype)
-        return lx.DiagonalLinearOperator(jnp.broadcast_to(scale, x.shape))
+        op = self.process.diffusion_operator(t, x)
+        if isinstance(op, lx.DiagonalLinearOperator):  # keep it diagonal for diffrax
+            return lx.DiagonalLinearOperator((eta * op.diagonal).astype(x.dtype))
+        return op * jnp.asarray(eta, x.dtype)
 
 
 def _brownian(brownian_motion, key, process, shape, call):
@@ -231,10 +198,10 @@ def reverse_dynamics(
     ```
     """
     eta = _as_eta(eta)
-    convention = _check_convention(
-        convention, "sf.reverse_dynamics", process, noisy=not _is_static_zero(eta)
+    convention = process.sde_reading(
+        convention, call="sf.reverse_dynamics", noisy=not _is_static_zero(eta)
     )
-    drift = diffrax.ODETerm(
+    drift = ReverseDriftTerm(
         ReverseDrift(process, predictor, eta, float(process.t1), convention)
     )
     if _is_static_zero(eta):
@@ -324,12 +291,7 @@ class _ForwardDiffusion(eqx.Module):
 
     def __call__(self, t, x, args=None):
         x = jnp.asarray(x)
-        t = jnp.asarray(t, x.dtype)
-        if self.process.state_dependent_diffusion:
-            g = self.process.diffusion(t, x)
-        else:
-            g = jnp.broadcast_to(self.process.diffusion(t), x.shape)
-        return lx.DiagonalLinearOperator(g.astype(x.dtype))
+        return self.process.diffusion_operator(jnp.asarray(t, x.dtype), x)
 
 
 def forward_sde(
@@ -357,7 +319,7 @@ def forward_sde(
     sol = diffrax.diffeqsolve(terms, solver, 0.0, 1.0, 1e-2, jnp.asarray(1.0))
     ```
     """
-    convention = _check_convention(convention, "sf.forward_sde", process)
+    convention = process.sde_reading(convention, call="sf.forward_sde")
     return diffrax.MultiTerm(
         diffrax.ODETerm(_ForwardDrift(process, convention)),
         diffrax.ControlTerm(_ForwardDiffusion(process), brownian_motion),

@@ -17,7 +17,6 @@ Design (see the module docstring of `_dynamics` for the flipped time):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -30,86 +29,32 @@ import jax.random as jr
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .._predictor import Predictor
-from .._process._linear import AbstractLinearProcess, apply_blocks
+from .._count import counted, runge_kutta_evaluations, traced_calls
+from .._process import AbstractProcess, AbstractScalarProcess, require
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics, sde_convention
 from ._grids import check_time_grid, uniform_grid
-from ._guidance import AbstractGuidedPredictor
-from ._solvers import (
-    _FORCE_FINAL,
-    AbstractDiffusionSolver,
-    _reaches_data_end,
-    _split_terms,
-)
+from ._solvers import AbstractDiffusionSolver, _reaches_data_end, _split_terms
 
 # Number of times the jitted sampler has been traced (read by the trace-count test).
 _TRACES = [0]
 
 
-# --------------------------------------------------------------------------- #
-# Counting model evaluations
-# --------------------------------------------------------------------------- #
-
-_COUNTER: list[int] = []
-
-
-@contextlib.contextmanager
-def _counting():
-    _COUNTER.append(0)
-    box = {}
-    try:
-        yield box
-    finally:
-        box["n"] = _COUNTER.pop()
-
-
-class _CountedModel(eqx.Module):
-    """Calls the model; at trace time, counts the call when a counter is active."""
-
-    model: Callable
-
-    def __call__(self, *args):
-        if _COUNTER:
-            _COUNTER[-1] += 1
-        return self.model(*args)
-
-
-def _instrument(pred):
-    if isinstance(pred, Predictor):
-        return eqx.tree_at(lambda p: p.model, pred, _CountedModel(pred.model))
-    if isinstance(pred, AbstractGuidedPredictor):
-        return eqx.tree_at(lambda p: p.predictor, pred, _instrument(pred.predictor))
-    return pred
-
-
-def _traced_calls(fn) -> int:
-    with _counting() as box:
-        jax.eval_shape(fn)
-    return box["n"]
-
-
-def _per_step(solver, terms, s0, s1, y, args, calls_per_vf):
+def _per_step(solver, terms, span, s0, s1, y, args, calls_per_vf):
     """(model calls per step, extra calls on the first step, calls in init, calls
     saved on a step that reaches the data end)."""
-    if isinstance(solver, diffrax.AbstractRungeKutta) and hasattr(solver.tableau, "c"):
-        stages = len(solver.tableau.c) + 1
-        fsal = bool(getattr(solver.tableau, "fsal", False))
-        return (stages - fsal) * calls_per_vf, int(fsal) * calls_per_vf, 0, 0
-    if isinstance(solver, diffrax.AbstractSRK):
-        return (len(solver.tableau.c) + 1) * calls_per_vf, 0, 0, 0
+    rk = runge_kutta_evaluations(solver)
+    if rk is not None:
+        return rk[0] * calls_per_vf, rk[1] * calls_per_vf, 0, 0
     state = solver.init(terms, s0, s1, y, args)
-    n_init = _traced_calls(lambda: solver.init(terms, s0, s1, y, args))
+    n_init = traced_calls(lambda: solver.init(terms, s0, s1, y, args))
 
     def n_step(final: bool) -> int:
-        # scoreflow's samplers branch (`lax.cond`) on whether a step reaches t0; trace
-        # one branch at a time to count what each really evaluates.
-        _FORCE_FINAL.append(final)
-        try:
-            return _traced_calls(
-                lambda: solver.step(terms, s0, s1, y, args, state, False)
-            )
-        finally:
-            _FORCE_FINAL.pop()
+        # scoreflow's samplers branch on whether a step reaches the data end t0 (the
+        # end `span` of the flipped time): a step traced at concrete times takes one
+        # branch, so tracing an interior step and a final one counts what each
+        # really evaluates.
+        a, b = (0.5 * span, span) if final else (0.0, 0.5 * span)
+        return traced_calls(lambda: solver.step(terms, a, b, y, args, state, False))
 
     n = n_step(False)
     return n, 0, n_init, n - n_step(True)
@@ -133,6 +78,7 @@ class _Options:
     max_steps: int
     dt0: Any
     progress_meter: Any
+    throw: bool = True
 
 
 def _levy_area(solver):
@@ -185,7 +131,7 @@ def _sample_impl(
     key, noise, cond, process, predictor, solver, controller, grid, eta, num, opts
 ):
     _TRACES[0] += 1
-    pred = _instrument(predictor)
+    pred = counted(predictor)
     shape_dtype = noise
     shape, dtype = shape_dtype.shape, shape_dtype.dtype
     if opts.has_noise:
@@ -226,19 +172,14 @@ def _sample_impl(
         nkey, bkey = jr.split(k)
         if opts.has_noise:
             x = x_given
-        elif isinstance(process, AbstractLinearProcess):  # static: N(0, Sigma)
-            z = jr.normal(nkey, shape, dtype)
-            x = apply_blocks(process.chol(grid[0]), z).astype(dtype)
-        elif getattr(process, "has_gaussian_kernel", True):
-            x = (process.sigma(grid[0]) * jr.normal(nkey, shape, dtype)).astype(dtype)
-        else:  # no kernel: the process's own prior (e.g. its stationary density)
-            x = process.prior_sample(nkey, shape, dtype).astype(dtype)
+        else:  # the kernel's noise at grid[0] (without a kernel: the prior)
+            x = process.initial_noise(nkey, grid[0], shape, dtype)
         terms = terms_for(bkey)
-        calls_vf = _traced_calls(
+        calls_vf = traced_calls(
             lambda: terms.vf(s_start, x, c) if ode else terms.terms[0].vf(s_start, x, c)
         )
         per_step, first, n_init, saved = _per_step(
-            solver, terms, s_start, s_grid[1], x, c, calls_vf
+            solver, terms, process.t1 - process.t0, s_start, s_grid[1], x, c, calls_vf
         )
         if opts.fixed and not opts.use_diffeqsolve:
             state = solver.init(terms, s_start, s_grid[1], x, c)
@@ -290,7 +231,7 @@ def _sample_impl(
                 stepsize_controller=ctrl,
                 max_steps=opts.max_steps,
                 progress_meter=opts.progress_meter or diffrax.NoProgressMeter(),
-                throw=True,
+                throw=opts.throw,
             )
             if opts.trajectory:
                 traj, ts = sol.ys, process.t1 - sol.ts
@@ -314,7 +255,7 @@ def _sample_impl(
             drift, _ = _split_terms(terms, type(solver).__name__)
             nfe = nfe - saved * jnp.sum(_reaches_data_end(drift, s_grid[1:]))
         if opts.denoise:
-            n_den = _traced_calls(lambda: pred.x0(grid[-1], y, c))
+            n_den = traced_calls(lambda: pred.x0(grid[-1], y, c))
             y = pred.x0(grid[-1], y, c)
             nfe = nfe + n_den
         stats["nfe"] = jnp.asarray(nfe)
@@ -323,7 +264,17 @@ def _sample_impl(
         return y, stats
 
     xs = noise if opts.has_noise else None
-    return jax.vmap(one)(keys, xs, cond)
+    ys, stats = jax.vmap(one)(keys, xs, cond)
+    if opts.throw:
+        ys = eqx.error_if(
+            ys,
+            ~jnp.all(jnp.isfinite(ys)),
+            "sf.sample: some samples are not finite (NaN or inf). The usual causes: "
+            "the model returns NaN or inf, a guidance scale is NaN, or the solver "
+            "diverged (too few steps for a stiff process near t0). Pass throw=False "
+            "to get the samples anyway.",
+        )
+    return ys, stats
 
 
 # --------------------------------------------------------------------------- #
@@ -353,6 +304,7 @@ def sample(
     progress_meter: diffrax.AbstractProgressMeter | None = None,
     dt0: float | None = None,
     max_steps: int = 4096,
+    throw: bool = True,
 ):
     r"""Draw `num` samples by integrating the reverse-time dynamics from noise to data.
 
@@ -406,6 +358,8 @@ def sample(
     - `progress_meter`: a diffrax progress meter (then the solve runs through
       `diffeqsolve`).
     - `dt0`, `max_steps`: for adaptive solves.
+    - `throw`: raise (`EqxRuntimeError`, also inside jit) when a solve fails or a
+      sample is not finite, as diffrax's `throw=`; `False` returns them as they are.
 
     **Returns:** an array `(num, *shape)`; with `return_info=True` the pair
     `(samples, info)`, `info` a dict of per-sample arrays: `nfe` (network evaluations
@@ -438,10 +392,12 @@ def sample(
         )
     num = int(num)
     shape = tuple(int(s) for s in shape)
-    if isinstance(process, AbstractLinearProcess) and denoise:
-        raise ValueError(
-            f"`{call}(denoise=True)` needs a scalar process (a Tweedie step through "
-            f"alpha, sigma); {process!r} is a matrix linear SDE."
+    if denoise:
+        require(
+            process,
+            AbstractScalarProcess,
+            f"{call}(denoise=True)",
+            hint=" (The Tweedie step goes through alpha, sigma.)",
         )
     if brownian not in ("increments", "tree"):
         raise ValueError(
@@ -452,26 +408,18 @@ def sample(
             f"`{call}(solver=...)` must be a diffrax solver instance such as diffrax.Heun() "
             f"or sf.DDIM(), got {solver!r}."
         )
-    if isinstance(process, AbstractLinearProcess) and isinstance(
-        solver, AbstractDiffusionSolver
-    ):
-        raise ValueError(
-            f"`{call}(solver={type(solver).__name__}(...))`: the exponential-integrator "
-            "and ancestral samplers step through a scalar kernel alpha(t), sigma(t); "
-            f"{process!r} is a matrix linear SDE. Use a diffrax solver instead, e.g. "
+    require(
+        process,
+        getattr(solver, "process_rung", AbstractProcess),
+        f"{call}(solver={type(solver).__name__}(...))",
+        hint=(
+            " The exponential-integrator and ancestral samplers step through a scalar "
+            "kernel alpha(t), sigma(t); use a diffrax solver instead, e.g. "
             "solver=diffrax.Heun() (method='ode') or diffrax.Euler() (method='sde')."
-        )
-    if method == "sde" and getattr(process, "state_dependent_diffusion", False):
-        inner = solver
-        while isinstance(inner, diffrax.AbstractWrappedSolver):
-            inner = inner.solver
-        if isinstance(inner, diffrax.AbstractSRK) and inner.tableau.is_additive_noise():
-            raise ValueError(
-                f"`{call}(solver={type(inner).__name__}())`: this solver is valid for "
-                f"additive noise only, but the diffusion of {process!r} depends on x. "
-                "Use diffrax.Euler() (Itô), diffrax.Heun() or diffrax.SPaRK() "
-                "(Stratonovich)."
-            )
+        ),
+    )
+    if method == "sde":
+        process.check_sde_solver(solver, call=call)
     if method == "ode":
         if eta is not None and not _is_static_zero(eta):
             raise ValueError(
@@ -563,6 +511,7 @@ def sample(
         max_steps=int(max_steps),
         dt0=dt0,
         progress_meter=progress_meter,
+        throw=bool(throw),
     )
     xs, info = _sample_impl(
         key, noise, cond, process, predictor, solver, controller, grid, eta_, num, opts

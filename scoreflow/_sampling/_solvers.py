@@ -41,7 +41,8 @@ import jax.numpy as jnp
 from diffrax import RESULTS, AbstractTerm, LocalLinearInterpolation
 from diffrax._term import WrapTerm
 
-from ._dynamics import ReverseDrift, _is_static_zero
+from .._process import AbstractScalarProcess
+from ._dynamics import ReverseDriftTerm, _is_static_zero
 
 
 def _unwrap(term):
@@ -58,14 +59,13 @@ def _split_terms(terms, call):
         noise = rest[0] if rest else None
     else:
         ode, noise = terms, None
-    vf = getattr(ode, "vector_field", None)
-    if not isinstance(vf, ReverseDrift):
+    if not isinstance(ode, ReverseDriftTerm):
         raise ValueError(
             f"`{call}` steps the dynamics built by sf.probability_flow / sf.reverse_sde "
             "/ sf.reverse_dynamics (it needs the model, not just a vector field); got "
             f"terms {type(terms).__name__}."
         )
-    return vf, noise
+    return ode.vector_field, noise
 
 
 def _normals(noise, s0, s1, k: int, like, call):
@@ -90,21 +90,7 @@ def _coeffs(process, t):
     return process.alpha(t), process.sigma(t), process.log_snr(t) / 2
 
 
-def _invert_log_snr(process, lam, t_guess, lo, hi, iters: int = 12):
-    """The time in `[lo, hi]` with log-SNR `lam`, by Newton's method from `t_guess`
-    on the declared (monotone decreasing) log-SNR; jit-compatible with traced process
-    parameters."""
-
-    def newton(t, _):
-        val, slope = jax.jvp(process.log_snr, (t,), (jnp.ones_like(t),))
-        t = t - (val - lam) / slope
-        return jnp.clip(t, lo, hi), None
-
-    t, _ = jax.lax.scan(newton, jnp.asarray(t_guess), None, length=iters)
-    return t
-
-
-def _reaches_data_end(drift: ReverseDrift, s1):
+def _reaches_data_end(drift, s1):
     """Whether a step ending at flipped time `s1` reaches the data end $t_0$ of the
     process, i.e. the end $t_1 - t_0$ of the flipped-time interval, up to one machine
     epsilon (relative): `sf.sample` computes its grid's end with the same rounding,
@@ -119,18 +105,14 @@ def _reaches_data_end(drift: ReverseDrift, s1):
     return s1 >= s_end - tol
 
 
-# How `sf.sample` counts model calls of a step that branches on `_reaches_data_end`:
-# while it traces a step under a forced value (True: the final branch, False: the
-# ordinary one), `_final_or` traces only that branch.
-_FORCE_FINAL: list[bool] = []
-
-
 def _final_or(final, first_order: Callable, higher_order: Callable):
     """`first_order()` on the final step, else `higher_order()`: a `lax.cond` (with an
     unbatched predicate, as on `sf.sample`'s grid, only one branch runs, so the final
-    step saves the evaluations of the higher-order branch)."""
-    if _FORCE_FINAL:
-        return first_order() if _FORCE_FINAL[-1] else higher_order()
+    step saves the evaluations of the higher-order branch). A concrete predicate (a
+    step traced at known times, as when `sf.sample` counts model calls) picks its
+    branch in Python."""
+    if not isinstance(final, jax.core.Tracer):
+        return first_order() if bool(final) else higher_order()
     return jax.lax.cond(final, first_order, higher_order)
 
 
@@ -141,6 +123,8 @@ class AbstractDiffusionSolver(diffrax.AbstractSolver):
     fixed grid."""
 
     term_structure: ClassVar = AbstractTerm
+    process_rung: ClassVar = AbstractScalarProcess
+    """What the sampler needs of the process (checked by `sf.sample`)."""
     interpolation_cls: ClassVar[Callable[..., LocalLinearInterpolation]] = (
         LocalLinearInterpolation
     )
@@ -378,7 +362,7 @@ class EDMHeun(AbstractDiffusionSolver):
             std = jnp.where(churn, sa * jnp.sqrt(jnp.where(churn, g * (2 + g), 1.0)), 0)
             xt = xt + std * self.s_noise * z
             lam_hat = la - 2 * jnp.log1p(g)
-            t_hat = jnp.where(churn, _invert_log_snr(p, lam_hat, ta, ta, p.t1), ta)
+            t_hat = jnp.where(churn, p.t_from_log_snr(lam_hat), ta)
             a_hat = p.alpha(t_hat)
         d1 = (xt - pred.x0(t_hat, a_hat * xt, args)) / s_hat
         x_eul = xt + (sb - s_hat) * d1
@@ -450,7 +434,7 @@ class PredictorCorrector(AbstractDiffusionSolver):
         score = pred.score(ta, x, args)
         y1 = (
             x
-            - ds * (p.drift(ta, x) - p.g2(ta) * score)
+            - ds * p.reverse_drift(ta, x, score, 1.0)
             + p.diffusion(ta) * jnp.sqrt(ds) * zs[-1]
         )
         return y1, None, dict(y0=y0, y1=y1), None, RESULTS.successful
