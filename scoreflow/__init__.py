@@ -38,6 +38,7 @@ from ._time import (
 from ._predictor import (
     convert as convert,
     PREDICTIONS as PREDICTIONS,
+    AbstractPredictor as AbstractPredictor,
     Predictor as Predictor,
 )
 
