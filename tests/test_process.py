@@ -127,8 +127,8 @@ def test_endpoints_are_explained():
     assert rf.t1 < 1.0 and "alpha(t) -> 0" in rf.endpoints.reason_t1
     assert rf.t0 > 0.0 and "sigma(t) -> 0" in rf.endpoints.reason_t0
     # The rule: log-SNR = +-LOG_SNR_MAX at the automatic endpoints (3 significant digits)
-    assert abs(float(rf.log_snr(rf.t0)) - sf.LOG_SNR_MAX) < 0.02
-    assert abs(float(rf.log_snr(rf.t1)) - sf.LOG_SNR_MIN) < 0.02
+    assert abs(float(rf.log_snr(rf.t0)) - sf.internal.LOG_SNR_MAX) < 0.02
+    assert abs(float(rf.log_snr(rf.t1)) - sf.internal.LOG_SNR_MIN) < 0.02
     vp = builtin("VP")
     assert vp.t1 == 1.0 and vp.t0 == pytest.approx(
         1e-5, rel=0.01
