@@ -36,6 +36,11 @@ def check_prediction(prediction: str, call: str) -> str:
     return prediction
 
 
+def _as_time_and_state(t, x):
+    x = jnp.asarray(x)
+    return jnp.asarray(t, dtype=jnp.result_type(x.dtype, float)), x
+
+
 def to_hub(process: AbstractProcess, prediction: str, t, x, out):
     r"""$(\hat x_0, \hat\varepsilon)$ from a prediction `out` of type `prediction`."""
     a, s = process.alpha(t), process.sigma(t)
@@ -93,17 +98,11 @@ def convert(
     """
     check_prediction(source, "sf.convert")
     check_prediction(target, "sf.convert")
-    x = jnp.asarray(x)
-    t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+    t, x = _as_time_and_state(t, x)
     if source == target:
         return jnp.asarray(out)
     x0, eps = to_hub(process, source, t, x, jnp.asarray(out))
     return from_hub(process, target, t, x, x0, eps)
-
-
-def _as_time_and_state(t, x):
-    x = jnp.asarray(x)
-    return jnp.asarray(t, dtype=jnp.result_type(x.dtype, float)), x
 
 
 class AbstractPredictor(eqx.Module):
