@@ -69,7 +69,7 @@ def main():
 
     @jax.jit
     def paths(keys, tt):
-        return jax.vmap(lambda k: sf.simulate_forward(process, k, jnp.ones(1), tt,
+        return jax.vmap(lambda k: sf.internal.simulate_forward(process, k, jnp.ones(1), tt,
                                                       num_steps=64 if SMOKE else 400))(keys)
 
     mc = [np.asarray(paths(jr.split(jr.fold_in(jr.key(1), i), n_paths), tt))[:, 0]

@@ -127,7 +127,7 @@ def main():
     # How far is p_t1 (data pushed forward) from the stationary prior?
     x0 = DATA.sample(jr.key(1), num)
     xt1 = jax.vmap(
-        lambda k, v: sf.simulate_forward(process, k, v, process.t1, num_steps=256)
+        lambda k, v: sf.internal.simulate_forward(process, k, v, process.t1, num_steps=256)
     )(jr.split(jr.key(2), num), x0)
     ks_prior = scipy.stats.kstest(
         np.asarray(xt1)[:, 0], lambda v: np.asarray(process.prior.cdf(jnp.asarray(v)))

@@ -1,13 +1,12 @@
 """scoreflow: declarative SDE/ODE mathematics for diffusion and flow matching, in JAX."""
 # ruff: noqa: I001  (re-exports are grouped by concept, not alphabetically)
 
-import importlib.metadata
+import importlib.metadata as _metadata
 
 import sympy as sympy
 
 from . import metrics as metrics, toy as toy
 from ._process import (
-    AbstractDeclaredProcess as AbstractDeclaredProcess,
     AbstractGaussianProcess as AbstractGaussianProcess,
     AbstractLinearProcess as AbstractLinearProcess,
     AbstractProcess as AbstractProcess,
@@ -17,17 +16,13 @@ from ._process import (
     CLD as CLD,
     CosineVP as CosineVP,
     EDM as EDM,
-    Endpoints as Endpoints,
     Interpolant as Interpolant,
-    LOG_SNR_MAX as LOG_SNR_MAX,
     LinearSDE as LinearSDE,
-    LOG_SNR_MIN as LOG_SNR_MIN,
     PriorMismatchWarning as PriorMismatchWarning,
     RectifiedFlow as RectifiedFlow,
     SDE as SDE,
     StationaryDensity as StationaryDensity,
     SubVP as SubVP,
-    SymbolicView as SymbolicView,
     VE as VE,
     VP as VP,
 )
@@ -41,7 +36,7 @@ from ._time import (
 
 from ._predictor import (
     convert as convert,
-    PREDICTIONS as PREDICTIONS,
+    AbstractPredictor as AbstractPredictor,
     Predictor as Predictor,
 )
 
@@ -52,51 +47,36 @@ from ._loss import (
     AbstractLoss as AbstractLoss,
     AbstractTimeSampler as AbstractTimeSampler,
     AbstractWeighting as AbstractWeighting,
-    CFMLoss as CFMLoss,
     cfm_loss as cfm_loss,
     check_data_scale as check_data_scale,
     ConstantWeighting as ConstantWeighting,
     DataScaleWarning as DataScaleWarning,
-    DSMLoss as DSMLoss,
-    ELBO as ELBO,
     elbo as elbo,
-    ELBOLoss as ELBOLoss,
     elbo_loss as elbo_loss,
     dsm_loss as dsm_loss,
     EDMWeighting as EDMWeighting,
     hsm_loss as hsm_loss,
     LikelihoodImportance as LikelihoodImportance,
     LikelihoodWeighting as LikelihoodWeighting,
-    LinearDSMLoss as LinearDSMLoss,
     LogitNormal as LogitNormal,
     LogNormalSigma as LogNormalSigma,
     LogSNRWeighting as LogSNRWeighting,
     MinSNR as MinSNR,
-    ot_coupling as ot_coupling,
-    prediction_factor as prediction_factor,
-    simulate_forward as simulate_forward,
     ScheduledModel as ScheduledModel,
     learned_schedule as learned_schedule,
-    SSMLoss as SSMLoss,
     ssm_loss as ssm_loss,
-    Standardization as Standardization,
     standardize as standardize,
     UniformTime as UniformTime,
 )
 from ._precond import (
-    edm_coefficients as edm_coefficients,
     EDMPreconditioner as EDMPreconditioner,
 )
 
 # --- dynamics, samplers, guidance (issue 4) ---
 from ._sampling import (
     AbstractDiffusionSolver as AbstractDiffusionSolver,
-    AbstractGuidedPredictor as AbstractGuidedPredictor,
     cfg as cfg,
-    CFGPredictor as CFGPredictor,
-    check_time_grid as check_time_grid,
     classifier_guidance as classifier_guidance,
-    ClassifierGuidedPredictor as ClassifierGuidedPredictor,
     DDIM as DDIM,
     DDPM as DDPM,
     DPMSolverPP2M as DPMSolverPP2M,
@@ -108,8 +88,6 @@ from ._sampling import (
     probability_flow as probability_flow,
     reverse_dynamics as reverse_dynamics,
     reverse_sde as reverse_sde,
-    ReverseDiffusion as ReverseDiffusion,
-    ReverseDrift as ReverseDrift,
     sample as sample,
     sde_convention as sde_convention,
     uniform_grid as uniform_grid,
@@ -119,18 +97,50 @@ from ._sampling import (
 from . import checks as checks
 from ._likelihood import (
     bits_per_dim as bits_per_dim,
-    LikelihoodInfo as LikelihoodInfo,
     log_likelihood as log_likelihood,
 )
 
 # --- bridges and stochastic interpolants (issue 7) ---
 from ._bridge import (
     bridge_loss as bridge_loss,
-    BridgeLoss as BridgeLoss,
     brownian_gamma as brownian_gamma,
     StochasticInterpolant as StochasticInterpolant,
     transport as transport,
 )
+
+
+from . import internal as internal
+
+# Names that left the top level (issue 12): each keeps working for one release, with
+# a DeprecationWarning naming its replacement. name -> the public spelling to use
+# instead, besides `sf.internal.<name>` (None: only that).
+_MOVED_TO_INTERNAL = {
+    "AbstractDeclaredProcess": None,
+    "AbstractGuidedPredictor": "sf.AbstractPredictor",
+    "BridgeLoss": "sf.bridge_loss",
+    "CFGPredictor": "sf.cfg",
+    "CFMLoss": "sf.cfm_loss",
+    "ClassifierGuidedPredictor": "sf.classifier_guidance",
+    "DSMLoss": "sf.dsm_loss",
+    "ELBO": "sf.elbo",
+    "ELBOLoss": "sf.elbo_loss",
+    "Endpoints": None,
+    "LikelihoodInfo": "sf.log_likelihood(..., return_info=True)",
+    "LinearDSMLoss": "sf.dsm_loss",
+    "LOG_SNR_MAX": None,
+    "LOG_SNR_MIN": None,
+    "PREDICTIONS": None,
+    "ReverseDiffusion": "sf.reverse_dynamics",
+    "ReverseDrift": "sf.reverse_dynamics",
+    "SSMLoss": "sf.ssm_loss",
+    "Standardization": "sf.standardize",
+    "SymbolicView": None,
+    "check_time_grid": None,
+    "edm_coefficients": None,
+    "ot_coupling": None,
+    "prediction_factor": None,
+    "simulate_forward": None,
+}
 
 
 def __getattr__(name):
@@ -140,10 +150,21 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(".testing", __name__)
+    if name in _MOVED_TO_INTERNAL:
+        import warnings
+
+        also = _MOVED_TO_INTERNAL[name]
+        instead = f"sf.internal.{name}" + (f" (or {also})" if also else "")
+        warnings.warn(
+            f"sf.{name} is deprecated; use {instead} instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(internal, name)
     raise AttributeError(f"module 'scoreflow' has no attribute {name!r}")
 
 
 try:
-    __version__ = importlib.metadata.version("scoreflow")
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+    __version__ = _metadata.version("scoreflow")
+except _metadata.PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"

@@ -15,6 +15,8 @@ import diffrax
 import equinox as eqx
 import jax
 
+from ._predictor import AbstractPredictor
+
 _COUNTER: list[int] = []
 
 
@@ -40,17 +42,11 @@ class CountedModel(eqx.Module):
 
 
 def counted(predictor):
-    """The predictor with each of its networks wrapped in `CountedModel` (a plain
-    callable is wrapped itself)."""
-    if hasattr(predictor, "map_models"):
+    """The predictor with each of its networks wrapped in `CountedModel`
+    (`AbstractPredictor.map_models`); anything else is returned as it is."""
+    if isinstance(predictor, AbstractPredictor):
         return predictor.map_models(CountedModel)
-    if hasattr(predictor, "model"):  # sf.Predictor
-        return eqx.tree_at(lambda p: p.model, predictor, CountedModel(predictor.model))
-    if hasattr(predictor, "predictor"):  # a guided predictor
-        return eqx.tree_at(
-            lambda p: p.predictor, predictor, counted(predictor.predictor)
-        )
-    return CountedModel(predictor) if callable(predictor) else predictor
+    return predictor
 
 
 def traced_calls(fn: Callable[[], object]) -> int:

@@ -273,7 +273,7 @@ def log_likelihood(
     - `t0`, `t1`: the integration range; defaults `process.t0`, `process.t1`.
     - `prior_log_prob`: the terminal log-density $x_{t_1} \mapsto \log p(x_{t_1})$;
       default `process.prior_log_prob` ($N(0, \sigma(t_1)^2 I)$).
-    - `return_info`: also return a [`scoreflow.LikelihoodInfo`][] with solver
+    - `return_info`: also return a [`scoreflow.internal.LikelihoodInfo`][] with solver
       statistics.
     - `throw`: raise (inside jit, `EqxRuntimeError`) when the solve fails or the
       value is not finite, as diffrax's `throw=`; with `False` the value may be NaN

@@ -1,4 +1,5 @@
-"""`Predictor`: exact conversions between what a network outputs.
+"""Predictors: a network (or a guided combination of networks) read in every
+prediction type by exact conversion.
 
 Every prediction type is converted to one hub, the pair $(\\hat x_0, \\hat\\varepsilon)$
 with $x = \\alpha \\hat x_0 + \\sigma \\hat\\varepsilon$, and every output is read off
@@ -7,6 +8,7 @@ well posed: `eps` near $\\sigma \\to 0$, `x0` near $\\alpha \\to 0$, and `veloci
 everywhere.
 """
 
+import abc
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -15,9 +17,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import ScalarLike
-from ._process import AbstractProcess
+from ._process import AbstractProcess, AbstractScalarProcess, require
 
 PREDICTIONS = ("score", "eps", "x0", "velocity", "v")
+"""The prediction types a network may output (`sf.Predictor(prediction=...)`)."""
 
 PredictionType = Literal["score", "eps", "x0", "velocity", "v"]
 
@@ -31,6 +34,11 @@ def check_prediction(prediction: str, call: str) -> str:
             "alpha eps - sigma x0.)"
         )
     return prediction
+
+
+def _as_time_and_state(t, x):
+    x = jnp.asarray(x)
+    return jnp.asarray(t, dtype=jnp.result_type(x.dtype, float)), x
 
 
 def to_hub(process: AbstractProcess, prediction: str, t, x, out):
@@ -90,15 +98,84 @@ def convert(
     """
     check_prediction(source, "sf.convert")
     check_prediction(target, "sf.convert")
-    x = jnp.asarray(x)
-    t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+    t, x = _as_time_and_state(t, x)
     if source == target:
         return jnp.asarray(out)
     x0, eps = to_hub(process, source, t, x, jnp.asarray(out))
     return from_hub(process, target, t, x, x0, eps)
 
 
-class Predictor(eqx.Module):
+class AbstractPredictor(eqx.Module):
+    r"""What a sampler, a likelihood or a loss reads a model through: the five
+    prediction views of one denoising field, for a given forward process.
+
+    A subclass owes the `process` and one method, `hub(t, x, cond=None)`, the pair
+    $(\hat x_0, \hat\varepsilon)$ with $x = \alpha(t)\hat x_0 + \sigma(t)
+    \hat\varepsilon$; every view (`score`, `eps`, `x0`, `velocity`, `v`) is read off
+    the hub here, once. `map_models(fn)` must return the same predictor with each
+    wrapped network `m` replaced by `fn(m)`.
+
+    Final subclasses: [`scoreflow.Predictor`][] (one network), and the guided ones
+    returned by [`scoreflow.cfg`][] and [`scoreflow.classifier_guidance`][].
+
+    **Arguments of every view** `(t, x, cond=None)`: `t` a scalar time ($t = 0$ is
+    data, $t = t_1$ the prior); `x` one unbatched noisy example; `cond` the label
+    of a conditional model (`None`: unconditional).
+    """
+
+    process: eqx.AbstractVar[AbstractProcess]
+
+    @abc.abstractmethod
+    def hub(self, t, x, cond=None):
+        r"""The pair $(\hat x_0, \hat\varepsilon)$ at `(t, x)`."""
+
+    @abc.abstractmethod
+    def map_models(self, fn: Callable[[Callable], Callable]) -> "AbstractPredictor":
+        """The same predictor with every wrapped network `m` replaced by `fn(m)`
+        (for example a wrapper that counts model evaluations)."""
+
+    def _unconverted(self, target: str, t, x, cond):
+        """The view `target` when it is available without conversion (the network's
+        own output), else `None`: then it is read off `hub`."""
+        return None
+
+    def _as(self, target, t, x, cond):
+        t, x = _as_time_and_state(t, x)
+        out = self._unconverted(target, t, x, cond)
+        if out is not None:
+            return out
+        x0, eps = self.hub(t, x, cond)
+        return from_hub(self.process, target, t, x, x0, eps)
+
+    def score(self, t, x, cond=None):
+        r"""$\nabla_x \log p_t(x) = -\hat\varepsilon / \sigma(t)$."""
+        return self._as("score", t, x, cond)
+
+    def eps(self, t, x, cond=None):
+        r"""$\hat\varepsilon = -\sigma(t)\,\nabla_x\log p_t(x)$."""
+        return self._as("eps", t, x, cond)
+
+    def x0(self, t, x, cond=None):
+        r"""$\hat x_0 = E[x_0 \mid x_t = x]$ (Tweedie)."""
+        return self._as("x0", t, x, cond)
+
+    def velocity(self, t, x, cond=None):
+        r"""Flow-matching velocity
+        $E[\dot\alpha x_0 + \dot\sigma\varepsilon \mid x_t = x]
+        = \dot\alpha \hat x_0 + \dot\sigma \hat\varepsilon$."""
+        return self._as("velocity", t, x, cond)
+
+    def v(self, t, x, cond=None):
+        r"""Salimans & Ho's $v = \alpha\hat\varepsilon - \sigma\hat x_0$."""
+        return self._as("v", t, x, cond)
+
+    def as_prediction(self, target: PredictionType):
+        """The method returning prediction type `target` (a `(t, x, cond)` callable)."""
+        check_prediction(target, "Predictor.as_prediction")
+        return getattr(self, target)
+
+
+class Predictor(AbstractPredictor):
     r"""A network together with the process it was trained on and what it predicts.
 
     `model(t, x)` (or `model(t, x, cond)`) is unbatched: `t` a scalar array in
@@ -146,13 +223,15 @@ class Predictor(eqx.Module):
         sigma_data: float | None = None,
     ):
         self.prediction = check_prediction(prediction, "sf.Predictor")
-        from ._process import AbstractLinearProcess
-
-        if isinstance(process, AbstractLinearProcess) and prediction != "score":
-            raise ValueError(
-                f"`sf.Predictor`: a matrix linear SDE ({process!r}) has no scalar "
-                "alpha, sigma to convert through, so the model must predict the "
-                f"score (prediction='score'), got prediction={prediction!r}."
+        if prediction != "score":
+            require(
+                process,
+                AbstractScalarProcess,
+                f"sf.Predictor(prediction={prediction!r})",
+                hint=(
+                    " Without scalar alpha, sigma to convert through, the model must "
+                    "predict the score (prediction='score')."
+                ),
             )
         if precondition == "edm":
             from ._precond import EDMPreconditioner
@@ -182,41 +261,13 @@ class Predictor(eqx.Module):
 
     def hub(self, t, x, cond=None):
         r"""The pair $(\hat x_0, \hat\varepsilon)$."""
-        x = jnp.asarray(x)
-        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
+        t, x = _as_time_and_state(t, x)
         return to_hub(self.process, self.prediction, t, x, self.raw(t, x, cond))
 
-    def _as(self, target, t, x, cond):
-        x = jnp.asarray(x)
-        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
-        out = self.raw(t, x, cond)
-        if target == self.prediction:
-            return out
-        x0, eps = to_hub(self.process, self.prediction, t, x, out)
-        return from_hub(self.process, target, t, x, x0, eps)
+    def _unconverted(self, target, t, x, cond):
+        return self.raw(t, x, cond) if target == self.prediction else None
 
-    def score(self, t, x, cond=None):
-        r"""$\nabla_x \log p_t(x)$."""
-        return self._as("score", t, x, cond)
-
-    def eps(self, t, x, cond=None):
-        r"""$\hat\varepsilon = -\sigma(t)\,\nabla_x\log p_t(x)$."""
-        return self._as("eps", t, x, cond)
-
-    def x0(self, t, x, cond=None):
-        r"""$\hat x_0 = E[x_0 \mid x_t = x]$ (Tweedie)."""
-        return self._as("x0", t, x, cond)
-
-    def velocity(self, t, x, cond=None):
-        r"""Flow-matching velocity
-        $E[\dot\alpha x_0 + \dot\sigma\varepsilon \mid x_t = x]$."""
-        return self._as("velocity", t, x, cond)
-
-    def v(self, t, x, cond=None):
-        r"""Salimans & Ho's $v = \alpha\hat\varepsilon - \sigma\hat x_0$."""
-        return self._as("v", t, x, cond)
-
-    def as_prediction(self, target: PredictionType):
-        """The method returning prediction type `target` (a `(t, x, cond)` callable)."""
-        check_prediction(target, "Predictor.as_prediction")
-        return getattr(self, target)
+    def map_models(self, fn):
+        """This predictor with `model` replaced by `fn(model)` (with
+        `precondition="edm"`, `model` is the preconditioned network)."""
+        return eqx.tree_at(lambda p: p.model, self, fn(self.model))

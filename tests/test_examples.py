@@ -31,7 +31,9 @@ CASES = [
     pytest.param("digits.py", ["digits.png"], id="digits"),
     pytest.param("custom_process.py", ["custom_process.png"], id="custom_process"),
     pytest.param("bridge_2d.py", ["bridge_2d.png"], id="bridge_2d"),
-    pytest.param("learned_schedule.py", ["learned_schedule.png"], id="learned_schedule"),
+    pytest.param(
+        "learned_schedule.py", ["learned_schedule.png"], id="learned_schedule"
+    ),
     pytest.param("double_well.py", ["double_well.png"], id="double_well"),
 ]
 
@@ -57,7 +59,11 @@ def test_example_smoke(script, figures, tmp_path):
     env["MPLBACKEND"] = "Agg"
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / script), "--smoke"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, (
         f"{script} --smoke failed (exit {proc.returncode}):\n"
@@ -65,4 +71,6 @@ def test_example_smoke(script, figures, tmp_path):
     )
     for name in figures:
         path = tmp_path / name
-        assert path.is_file() and path.stat().st_size > 1000, f"{script} did not write {name}"
+        assert path.is_file() and path.stat().st_size > 1000, (
+            f"{script} did not write {name}"
+        )

@@ -54,7 +54,10 @@ class _Perturbed(eqx.Module):
     delta: jax.Array
 
     def __call__(self, t, x):
-        slope = jnp.abs(sf.prediction_factor(self.process, self.prediction, t)) ** 0.5
+        slope = (
+            jnp.abs(sf.internal.prediction_factor(self.process, self.prediction, t))
+            ** 0.5
+        )
         h = jnp.tanh(x @ jnp.array([0.7, -0.5]) + 0.3) * jnp.array([1.0, -0.6])
         return self.exact(t, x) + self.delta * slope * h
 
@@ -82,7 +85,7 @@ def _optimality(loss, exact, p, prediction, x0, key, delta0=0.3):
 
 
 @pytest.mark.parametrize("name", PROCESSES)
-@pytest.mark.parametrize("prediction", sf.PREDICTIONS)
+@pytest.mark.parametrize("prediction", sf.internal.PREDICTIONS)
 def test_dsm_exact_predictor_is_optimal(name, prediction, gauss):
     p = helpers.builtin(name)
     x0 = gauss.sample(jr.key(1), N)
@@ -127,7 +130,7 @@ class _VelocityMSE(sf.AbstractWeighting):
     """w = k_velocity: makes DSM in velocity space the plain velocity MSE (CFM)."""
 
     def __call__(self, process, t):
-        return sf.prediction_factor(process, "velocity", t)
+        return sf.internal.prediction_factor(process, "velocity", t)
 
 
 @pytest.mark.parametrize("name", ["VP", "RectifiedFlow", "EDM"])
@@ -150,7 +153,7 @@ def test_same_implied_weighting_same_loss(name, getkey):
     ]
     for w in weightings:
         values = {}
-        for P in sf.PREDICTIONS:
+        for P in sf.internal.PREDICTIONS:
             loss = sf.dsm_loss(p, prediction=P, weighting=w, check_scale=False)
             values[P] = float(loss(pred.as_prediction(P), x0, key))
         ref = values["eps"]
@@ -178,11 +181,11 @@ def test_explicit_space_formulas():
     p = helpers.builtin("VP")
     ts = jnp.linspace(p.t0, p.t1, 11)
     snr = p.alpha(ts) ** 2 / p.sigma(ts) ** 2
-    k_x0 = sf.prediction_factor(p, "x0", ts)
+    k_x0 = sf.internal.prediction_factor(p, "x0", ts)
     np.testing.assert_allclose(
         sf.MinSNR(5.0)(p, ts) / k_x0, jnp.minimum(snr, 5.0), rtol=1e-9
     )
-    k_s = sf.prediction_factor(p, "score", ts)
+    k_s = sf.internal.prediction_factor(p, "score", ts)
     np.testing.assert_allclose(
         sf.LikelihoodWeighting()(p, ts) / k_s, p.g2(ts), rtol=1e-9
     )
@@ -190,7 +193,7 @@ def test_explicit_space_formulas():
     sd = 0.7
     lam_edm = (se**2 + sd**2) / (se * sd) ** 2
     np.testing.assert_allclose(sf.EDMWeighting(sd)(p, ts) / k_x0, lam_edm, rtol=1e-9)
-    k_v = sf.prediction_factor(p, "v", ts)
+    k_v = sf.internal.prediction_factor(p, "v", ts)
     np.testing.assert_allclose(
         k_v, (p.alpha(ts) ** 2 + p.sigma(ts) ** 2) ** 2 / p.alpha(ts) ** 2, rtol=1e-9
     )
@@ -215,7 +218,7 @@ def test_edm_weighting_with_preconditioning_is_unit_on_network(getkey):
 
     def one(x0, eps, t):
         x = p.alpha(t) * x0 + p.sigma(t) * eps
-        c_skip, c_out, c_in, c_noise = sf.edm_coefficients(p, t)
+        c_skip, c_out, c_in, c_noise = sf.internal.edm_coefficients(p, t)
         F_target = (x0 - c_skip * x / p.alpha(t)) / c_out
         return jnp.mean((net(c_noise, c_in * x / p.alpha(t)) - F_target) ** 2)
 
@@ -344,7 +347,7 @@ def test_ot_coupling_lowers_cost_and_labels_travel(getkey):
         wrong = loss(oracle, data, getkey(), cond=jnp.roll(labels, 1))
         assert float(wrong) > 1e-2
     eps = jr.normal(getkey(), (n, 2))
-    j = sf.ot_coupling(getkey(), data, eps)
+    j = sf.internal.ot_coupling(getkey(), data, eps)
     cost = np.asarray(jnp.sum((data[:, None] - eps[None]) ** 2, -1))
     rows, cols = scipy.optimize.linear_sum_assignment(cost)
     cost_exact = cost[rows, cols].mean()
@@ -437,7 +440,7 @@ def test_float32_losses_finite(name):
     def net(t, x):
         return jnp.tanh(x) * w + t
 
-    configs = [dict(prediction=P, weighting="min_snr") for P in sf.PREDICTIONS]
+    configs = [dict(prediction=P, weighting="min_snr") for P in sf.internal.PREDICTIONS]
     configs += [dict(weighting=wt) for wt in ("sigma2", "edm", "likelihood")]
     configs += [dict(time_sampler=ts) for ts in ("logit_normal", "log_normal")]
     configs += [dict(time_sampler="likelihood", weighting="likelihood")]
@@ -511,9 +514,9 @@ def test_ssm_non_gaussian_process_exact_score_is_optimal():
     # the quadratic term, from the simulated x_t of the same key
     k_t, k_path, _, _ = jr.split(key, 4)
     t, _ = sf.UniformTime().sample(k_t, p, x0.shape[0])
-    xt = jax.vmap(lambda x, t, k: sf.simulate_forward(p, k, x, t, num_steps=32))(
-        x0, t, jr.split(k_path, x0.shape[0])
-    )
+    xt = jax.vmap(
+        lambda x, t, k: sf.internal.simulate_forward(p, k, x, t, num_steps=32)
+    )(x0, t, jr.split(k_path, x0.shape[0]))
     quad = 0.5 * float(jnp.mean((0.8 * jnp.tanh(xt - 0.5)) ** 2))
     d = jax.jacfwd(per)(jnp.asarray(0.0))  # linear term (MC noise)
     np.testing.assert_allclose(

@@ -550,7 +550,15 @@ def test_x_dependent_noise_needs_an_explicit_convention_and_a_general_solver():
     sf.reverse_sde(p, pred, key=jr.key(0), shape=(2,), convention="ito")
     sf.probability_flow(p, pred)  # no noise: no convention needed
     with pytest.raises(ValueError, match="additive noise only"):
-        sf.sample(jr.key(0), p, pred, (2,), num=2, method="sde",
-                  solver=diffrax.ShARK(), steps=4)
+        sf.sample(
+            jr.key(0),
+            p,
+            pred,
+            (2,),
+            num=2,
+            method="sde",
+            solver=diffrax.ShARK(),
+            steps=4,
+        )
     # Gaussian processes keep the old default
     sf.forward_sde(sf.VP(), bm)

@@ -13,7 +13,7 @@ import pytest
 
 import scoreflow as sf
 
-PAIRS = list(itertools.product(sf.PREDICTIONS, sf.PREDICTIONS))
+PAIRS = list(itertools.product(sf.internal.PREDICTIONS, sf.internal.PREDICTIONS))
 
 
 def _oracle(p, t, x0, eps):
@@ -62,9 +62,9 @@ def test_predictor_methods_float64(name, getkey):
     eps = jr.normal(getkey(), (4,))
     x = p.alpha(t) * x0 + p.sigma(t) * eps
     want = _oracle(p, t, x0, eps)
-    for src in sf.PREDICTIONS:
+    for src in sf.internal.PREDICTIONS:
         pred = sf.Predictor(lambda tt, xx, src=src: want[src], p, prediction=src)
-        for tgt in sf.PREDICTIONS:
+        for tgt in sf.internal.PREDICTIONS:
             np.testing.assert_allclose(
                 getattr(pred, tgt)(t, x), want[tgt], rtol=1e-9, atol=1e-9
             )
@@ -128,7 +128,7 @@ def test_edm_coefficients_table1():
     sd = p.sigma_data
     for t in _times(p):
         s = float(p.sigma(t))
-        c_skip, c_out, c_in, c_noise = sf.edm_coefficients(p, t)
+        c_skip, c_out, c_in, c_noise = sf.internal.edm_coefficients(p, t)
         np.testing.assert_allclose(c_skip, sd**2 / (s**2 + sd**2), rtol=1e-12)
         np.testing.assert_allclose(c_out, s * sd / np.sqrt(s**2 + sd**2), rtol=1e-12)
         np.testing.assert_allclose(c_in, 1 / np.sqrt(s**2 + sd**2), rtol=1e-12)
@@ -150,7 +150,7 @@ def test_edm_preconditioner_generalised(name, getkey):
     for t in _times(p, 5):
         x = jr.normal(getkey(), (3,)) * 2.0
         a = p.alpha(t)
-        c_skip, c_out, c_in, c_noise = sf.edm_coefficients(p, t)
+        c_skip, c_out, c_in, c_noise = sf.internal.edm_coefficients(p, t)
         want = c_skip * x / a + c_out * net(c_noise, c_in * x / a)
         np.testing.assert_allclose(D(t, x), want, rtol=1e-10, atol=1e-10)
     # as a Predictor option

@@ -127,8 +127,8 @@ def test_endpoints_are_explained():
     assert rf.t1 < 1.0 and "alpha(t) -> 0" in rf.endpoints.reason_t1
     assert rf.t0 > 0.0 and "sigma(t) -> 0" in rf.endpoints.reason_t0
     # The rule: log-SNR = +-LOG_SNR_MAX at the automatic endpoints (3 significant digits)
-    assert abs(float(rf.log_snr(rf.t0)) - sf.LOG_SNR_MAX) < 0.02
-    assert abs(float(rf.log_snr(rf.t1)) - sf.LOG_SNR_MIN) < 0.02
+    assert abs(float(rf.log_snr(rf.t0)) - sf.internal.LOG_SNR_MAX) < 0.02
+    assert abs(float(rf.log_snr(rf.t1)) - sf.internal.LOG_SNR_MIN) < 0.02
     vp = builtin("VP")
     assert vp.t1 == 1.0 and vp.t0 == pytest.approx(
         1e-5, rel=0.01
@@ -264,7 +264,8 @@ def test_prior(getkey):
     y = jnp.array([0.3, -1.0, 2.0])
     s = float(ve.sigma(ve.t1))
     want = sum(
-        -0.5 * (v / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi) for v in y.tolist()
+        -0.5 * (v / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
+        for v in y.tolist()
     )
     assert float(ve.prior_log_prob(y)) == pytest.approx(want, rel=1e-12)
 

@@ -347,21 +347,21 @@ def test_grids():
     want = (smax ** (1 / 7) + i * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7
     np.testing.assert_allclose(st, want, rtol=1e-6)
     for grid in (sf.uniform_grid(p, 3), sf.log_snr_grid(p, 3), sf.edm_grid(p, 3)):
-        sf.check_time_grid(grid, p)
+        sf.internal.check_time_grid(grid, p)
 
 
 def test_grid_and_argument_validation():
     p, _, pred = ring()
     with pytest.raises(ValueError, match="duplicate"):
-        sf.check_time_grid(jnp.array([1.0, 0.5, 0.5, 0.1]))
+        sf.internal.check_time_grid(jnp.array([1.0, 0.5, 0.5, 0.1]))
     with pytest.raises(ValueError, match="increasing"):
-        sf.check_time_grid(jnp.array([0.1, 0.5, 1.0]))
+        sf.internal.check_time_grid(jnp.array([0.1, 0.5, 1.0]))
     with pytest.raises(ValueError, match="non-monotone"):
-        sf.check_time_grid(jnp.array([1.0, 0.2, 0.5, 0.1]))
+        sf.internal.check_time_grid(jnp.array([1.0, 0.2, 0.5, 0.1]))
     with pytest.raises(ValueError, match="inside the process"):
-        sf.check_time_grid(jnp.array([2.0, 0.1]), p)
+        sf.internal.check_time_grid(jnp.array([2.0, 0.1]), p)
     with pytest.raises(ValueError, match="at least 2"):
-        sf.check_time_grid(jnp.array([1.0]))
+        sf.internal.check_time_grid(jnp.array([1.0]))
     k = jr.key(0)
     with pytest.raises(ValueError, match="not both"):
         sf.sample(k, p, pred, (2,), num=2, steps=3, time_grid=sf.uniform_grid(p, 3))

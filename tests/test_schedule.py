@@ -74,7 +74,9 @@ def _gaussian_bound(lmax, lmin, mu, s, d):
     E||eps - eps*||^2 = D SNR s^2 / (1 + SNR s^2), integrated over lambda."""
     recon = d / 2 * (math.log(2 * math.pi) + 1 - lmax)
     prior = 0.5 * math.exp(lmin) * (float(mu @ mu) + d * s**2)
-    diff = d / 2 * (math.log1p(s**2 * math.exp(lmax)) - math.log1p(s**2 * math.exp(lmin)))
+    diff = (
+        d / 2 * (math.log1p(s**2 * math.exp(lmax)) - math.log1p(s**2 * math.exp(lmin)))
+    )
     return recon + prior + diff, diff
 
 
@@ -108,7 +110,9 @@ def test_loss_is_the_bound_per_dimension(sched):
     """`elbo_loss` estimates the same bound as `sf.elbo` (per dimension), and its
     gradient reaches the schedule's parameters through ScheduledModel."""
     d, s = 2, 0.7
-    gm = sf.toy.GaussianMixture(jnp.ones(1), jnp.zeros((1, d)), (s**2 * jnp.eye(d))[None])
+    gm = sf.toy.GaussianMixture(
+        jnp.ones(1), jnp.zeros((1, d)), (s**2 * jnp.eye(d))[None]
+    )
 
     class Exact(eqx.Module):
         process: sf.AbstractProcess
@@ -138,7 +142,9 @@ def test_end_point_gradient_has_the_right_sign():
     widen (d/d lambda_max < 0 and d/d lambda_min > 0, in closed form), and the
     autodiff gradient of the Monte Carlo bound agrees in sign and size."""
     d, s = 2, 0.5
-    gm = sf.toy.GaussianMixture(jnp.ones(1), jnp.zeros((1, d)), (s**2 * jnp.eye(d))[None])
+    gm = sf.toy.GaussianMixture(
+        jnp.ones(1), jnp.zeros((1, d)), (s**2 * jnp.eye(d))[None]
+    )
     p = sf.learned_schedule(log_snr_max=4.0, log_snr_min=-3.0, num_basis=1)
 
     def bound(p):
@@ -179,8 +185,15 @@ def test_learned_schedule_improves_the_bound_on_the_ring():
         net = sf.nets.MLP(2, key=jr.key(2))
         model = net if name == "fixed" else sf.ScheduledModel(net, sched)
         fit = sf.train.fit(
-            loss, model, data, key=jr.key(3), steps=3000, batch_size=512,
-            learning_rate=2e-3, ema_decay=0.995, progress=False,
+            loss,
+            model,
+            data,
+            key=jr.key(3),
+            steps=3000,
+            batch_size=512,
+            learning_rate=2e-3,
+            ema_decay=0.995,
+            progress=False,
         )
         m = fit.ema
         net, proc = (m, sched) if name == "fixed" else (m.model, m.process)
@@ -222,8 +235,10 @@ def test_variance_gradient_for_the_shape_parameters():
 
     d = xs.shape[1]
     lam0, lam1 = float(sched.log_snr(0.0)), float(sched.log_snr(1.0))
-    ends = (d / 2 * (math.log(2 * math.pi) + 1 - lam0)
-            + 0.5 * math.exp(lam1) * jnp.sum(xs**2, axis=1)) / d
+    ends = (
+        d / 2 * (math.log(2 * math.pi) + 1 - lam0)
+        + 0.5 * math.exp(lam1) * jnp.sum(xs**2, axis=1)
+    ) / d
 
     def mean_square(m):  # the diffusion term per dimension, squared, batch mean
         return jnp.mean((loss.per_example(m, xs, jr.key(2)) - ends) ** 2)

@@ -115,7 +115,7 @@ def bridge_loss(
     - `t_min`: loss times are uniform on $[t_\min, 1 - t_\min]$; default
       $10^{-3}$ when $\dot\gamma$ is singular at the ends, else 0.
 
-    **Returns:** a [`scoreflow.BridgeLoss`][], `loss(model, x0, x1, key) -> scalar`.
+    **Returns:** a [`scoreflow.internal.BridgeLoss`][], `loss(model, x0, x1, key) -> scalar`.
 
     **Raises:** `ValueError` for an unknown coupling or objective, or a score
     objective with $\gamma = 0$; `ImportError` if ott-jax is missing for `"ot"`/`"sb"`.

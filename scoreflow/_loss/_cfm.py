@@ -133,7 +133,7 @@ def cfm_loss(
 
     - `process`: a process with a Gaussian kernel.
     - `coupling`: `"independent"` ($\pi = p_\text{data}\otimes N(0, I)$) or `"ot"`
-      (minibatch OT by ott-jax, [`scoreflow.ot_coupling`][]; needs the `ot` extra).
+      (minibatch OT by ott-jax, [`scoreflow.internal.ot_coupling`][]; needs the `ot` extra).
       Data rows and their labels keep their order; the noise is re-paired.
     - `prediction`: what the model outputs (default `"velocity"`); other types are
       converted to a velocity exactly before the MSE.

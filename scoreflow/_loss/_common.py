@@ -76,7 +76,7 @@ def standardize(x0, *, std: float = 1.0, per_feature: bool = False):
     `sf.EDM`); `per_feature`: one mean/scale per feature instead of one pooled scalar.
 
     **Returns:** `(z, scaler)` with `scaler.inverse(z) == x0` (a
-    `sf.Standardization`).
+    `sf.internal.Standardization`).
     """
     x0 = jnp.asarray(x0)
     axis = 0 if per_feature else None

@@ -329,7 +329,7 @@ def elbo(
     `eps` is used); `x` one unbatched data point ($t = 0$ is data); `num_times`;
     `cond` for a conditional predictor.
 
-    **Returns:** an [`scoreflow.ELBO`][] (`.total`, `.bits_per_dim`, the three
+    **Returns:** an [`scoreflow.internal.ELBO`][] (`.total`, `.bits_per_dim`, the three
     terms and the standard error of the estimate). vmap it over a batch.
     """
     require(process, AbstractScalarProcess, "sf.elbo")

@@ -124,7 +124,7 @@ def ssm_loss(
     without a Gaussian kernel (non-affine drift, e.g.
     `sf.SDE(-sf.x**3 + sf.x, 1.0)`), where DSM has no target.
 
-    $x_t$ is simulated from $x_0$ by Euler–Maruyama ([`scoreflow.simulate_forward`][],
+    $x_t$ is simulated from $x_0$ by Euler–Maruyama ([`scoreflow.internal.simulate_forward`][],
     diffrax) and the model, a **score** $s_\theta(t, x)$, is trained with
 
     $$L = \mathbb{E}_{t, x_t, v}\,\frac{w(t)}{D}\Big[v^\top \nabla_x s_\theta(t, x_t)\,v

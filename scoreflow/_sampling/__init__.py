@@ -3,6 +3,7 @@
 from ._dynamics import (
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
+    ReverseDriftTerm as ReverseDriftTerm,
     forward_sde as forward_sde,
     probability_flow as probability_flow,
     reverse_dynamics as reverse_dynamics,

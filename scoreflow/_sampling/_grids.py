@@ -115,7 +115,7 @@ def check_time_grid(
     grid: Float[ArrayLike, " n"],
     process: AbstractProcess | None = None,
     *,
-    call: str = "sf.check_time_grid",
+    call: str = "sf.internal.check_time_grid",
 ) -> Float[Array, " n"]:
     r"""Validate a sampling grid and return it as an array.
 

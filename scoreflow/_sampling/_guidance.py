@@ -9,7 +9,6 @@ the same field as combining scores, $\varepsilon$'s, $x_0$'s or velocities.
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._predictor import Predictor, from_hub, to_hub
+from .._predictor import AbstractPredictor, Predictor, to_hub
 
 
 def _static_one(scale) -> bool:
@@ -26,10 +25,12 @@ def _static_one(scale) -> bool:
     )
 
 
-class AbstractGuidedPredictor(eqx.Module):
-    """A predictor whose outputs are transformed; same methods as `sf.Predictor`."""
+class AbstractGuidedPredictor(AbstractPredictor):
+    """A predictor that transforms another one, `predictor`, whose process,
+    prediction type and null label it reports as its own; the views are
+    [`scoreflow.AbstractPredictor`][]'s."""
 
-    predictor: eqx.AbstractVar[Any]
+    predictor: eqx.AbstractVar[AbstractPredictor]
 
     @property
     def process(self):
@@ -43,42 +44,19 @@ class AbstractGuidedPredictor(eqx.Module):
     def null_cond(self):
         return self.predictor.null_cond
 
-    @abc.abstractmethod
-    def hub(self, t, x, cond=None):
-        r"""The guided pair $(\hat x_0, \hat\varepsilon)$."""
-
-    def _as(self, target, t, x, cond):
-        x = jnp.asarray(x)
-        t = jnp.asarray(t, dtype=jnp.result_type(x.dtype, float))
-        x0, eps = self.hub(t, x, cond)
-        return from_hub(self.process, target, t, x, x0, eps)
-
-    def score(self, t, x, cond=None):
-        r"""Guided $\nabla_x \log p_t$."""
-        return self._as("score", t, x, cond)
-
-    def eps(self, t, x, cond=None):
-        r"""Guided $\hat\varepsilon$."""
-        return self._as("eps", t, x, cond)
-
-    def x0(self, t, x, cond=None):
-        r"""Guided $\hat x_0$."""
-        return self._as("x0", t, x, cond)
-
-    def velocity(self, t, x, cond=None):
-        """Guided flow-matching velocity."""
-        return self._as("velocity", t, x, cond)
-
-    def v(self, t, x, cond=None):
-        """Guided Salimans & Ho $v$."""
-        return self._as("v", t, x, cond)
-
 
 class CFGPredictor(AbstractGuidedPredictor):
-    r"""Classifier-free guidance of a predictor (see [`scoreflow.cfg`][])."""
+    r"""Classifier-free guidance of a predictor (see [`scoreflow.cfg`][]); its views
+    `score/eps/x0/velocity/v(t, x, cond)` are those of
+    [`scoreflow.AbstractPredictor`][]."""
 
     predictor: Predictor
     scale: Any
+
+    def map_models(self, fn):
+        """This guided predictor with the inner predictor's network replaced by
+        `fn(model)`."""
+        return eqx.tree_at(lambda g: g.predictor, self, self.predictor.map_models(fn))
 
     def hub(self, t, x, cond=None):
         r"""$(\hat x_0, \hat\varepsilon)$ of the guided output."""
@@ -147,12 +125,23 @@ def cfg(
 
 
 class ClassifierGuidedPredictor(AbstractGuidedPredictor):
-    r"""Classifier guidance of a predictor (see [`scoreflow.classifier_guidance`][])."""
+    r"""Classifier guidance of a predictor (see [`scoreflow.classifier_guidance`][]);
+    its views `score/eps/x0/velocity/v(t, x, cond)` are those of
+    [`scoreflow.AbstractPredictor`][]."""
 
-    predictor: Any
+    predictor: AbstractPredictor
     log_prob: Callable
     scale: Any
     conditional_model: bool = eqx.field(static=True, default=False)
+
+    def map_models(self, fn):
+        """This guided predictor with the inner predictor's networks and the
+        classifier `log_prob` each replaced by `fn(...)`."""
+        return eqx.tree_at(
+            lambda g: (g.predictor, g.log_prob),
+            self,
+            (self.predictor.map_models(fn), fn(self.log_prob)),
+        )
 
     def hub(self, t, x, cond=None):
         x = jnp.asarray(x)
