@@ -49,6 +49,7 @@ from ._process import (
     AbstractScalarProcess,
     DeclaredSDE,
     require,
+    try_sympy,
 )
 from ._symbols import t as T, x as X
 
@@ -370,7 +371,6 @@ def _info(process):
 
 
 def _simplify(e, seconds=8.0):
-    from ._process import try_sympy
 
     if e == 0:
         return sympy.S.Zero

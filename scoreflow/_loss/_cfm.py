@@ -86,21 +86,12 @@ class CFMLoss(AbstractLoss):
         process, pred = self.process, self.prediction
 
         def one(x0, eps, t, wt, c):
-            a, s, da, ds = (
-                jnp.asarray(f(t)).astype(dtype)
-                for f in (
-                    process.alpha,
-                    process.sigma,
-                    process.alpha_dot,
-                    process.sigma_dot,
-                )
-            )
-            xt = a * x0 + s * eps
+            xt = process.marginal(x0, eps, t)
             out = call_model(model, t, xt, c)
             if pred != "velocity":
                 hx0, heps = to_hub(process, pred, t, xt, out)
                 out = from_hub(process, "velocity", t, xt, hx0, heps).astype(dtype)
-            target = da * x0 + ds * eps
+            target = from_hub(process, "velocity", t, xt, x0, eps).astype(dtype)
             return wt * jnp.mean((out - target) ** 2)
 
         return jax.vmap(one)(x0, eps, t, wt, cond)

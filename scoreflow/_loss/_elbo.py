@@ -35,6 +35,7 @@ from .._process import (
     AbstractDeclaredProcess,
     AbstractProcess,
     AbstractScalarProcess,
+    Interpolant,
     require,
 )
 from .._symbols import t as _t
@@ -100,8 +101,6 @@ def learned_schedule(
     p.params   # {'log_snr_max': 10.0, 'log_range': 2.77, 'w1': 0.0, ...}
     ```
     """
-    from .._process import Interpolant
-
     call = "sf.learned_schedule"
     if not (isinstance(num_basis, int) and 1 <= num_basis <= len(_BASIS)):
         raise ValueError(
@@ -256,8 +255,7 @@ def _log_snr_and_slope(process, t):
 
 
 def _eps_error(process, net, prediction, t, x0, eps, cond):
-    a, s = process.alpha(t), process.sigma(t)
-    xt = a * x0 + s * eps
+    xt = process.marginal(x0, eps, t)
     out = call_model(net, t, xt, cond)
     _, eps_hat = to_hub(process, prediction, t, xt, out)
     return jnp.sum((eps - eps_hat) ** 2)
@@ -341,8 +339,7 @@ def elbo(
 
     def one(t, e):
         _, slope = _log_snr_and_slope(process, t)
-        a, s = process.alpha(t), process.sigma(t)
-        xt = a * x + s * e
+        xt = process.marginal(x, e, t)
         eh = predictor.eps(t, xt, cond) if cond is not None else predictor.eps(t, xt)
         return 0.5 * (process.t1 - process.t0) * (-slope) * jnp.sum((e - eh) ** 2)
 

@@ -259,6 +259,18 @@ class DeclaredProcess(AbstractDeclaredScalarProcess):
         self.prior = None
 
 
+def _kernelless(name: str):
+    """A method of the Gaussian/scalar rungs that a `DeclaredSDE` does not have:
+    calling it raises the reason (instead of an AttributeError)."""
+
+    def method(self, *args, **kwargs):
+        self._no_kernel(name)
+
+    method.__name__ = name
+    method.__doc__ = "Undefined without a Gaussian kernel: raises `ValueError`."
+    return method
+
+
 class DeclaredSDE(AbstractDeclaredProcess):
     r"""A process declared with [`scoreflow.SDE`][] whose derivation gives no Gaussian
     kernel: a non-affine drift $f(t, x)$ or an elementwise diffusion $g(t, x)$. It
@@ -374,32 +386,15 @@ class DeclaredSDE(AbstractDeclaredProcess):
             )
 
     # The kernel does not exist: the scalar rung's names explain why, clearly.
-    def alpha(self, t):
-        self._no_kernel("alpha")
-
-    def sigma(self, t):
-        self._no_kernel("sigma")
-
-    def alpha_dot(self, t):
-        self._no_kernel("alpha_dot")
-
-    def sigma_dot(self, t):
-        self._no_kernel("sigma_dot")
-
-    def f(self, t):
-        self._no_kernel("f")
-
-    def log_snr(self, t):
-        self._no_kernel("log_snr")
-
-    def t_from_log_snr(self, lam):
-        self._no_kernel("t_from_log_snr")
-
-    def sample_marginal(self, key, x0, t):
-        self._no_kernel("sample_marginal")
-
-    def as_interpolant(self):
-        self._no_kernel("as_interpolant")
+    alpha = _kernelless("alpha")
+    sigma = _kernelless("sigma")
+    alpha_dot = _kernelless("alpha_dot")
+    sigma_dot = _kernelless("sigma_dot")
+    f = _kernelless("f")
+    log_snr = _kernelless("log_snr")
+    t_from_log_snr = _kernelless("t_from_log_snr")
+    sample_marginal = _kernelless("sample_marginal")
+    as_interpolant = _kernelless("as_interpolant")
 
 
 def _resolve_prior(process: DeclaredSDE, prior):

@@ -298,8 +298,15 @@ class AbstractScalarProcess(AbstractGaussianProcess):
         return self.marginal(x0, eps, t), eps
 
     def marginal(self, x0, eps, t):
-        r"""$x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$ for given `x0`, `eps`."""
-        return self.alpha(t) * x0 + self.sigma(t) * eps
+        r"""$x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon$ for given `x0`, `eps`
+        (the coefficients in the data's dtype). The one place the kernel is written:
+        `sample_marginal` and the losses call it."""
+        x0 = jnp.asarray(x0)
+        dtype = x0.dtype if jnp.issubdtype(x0.dtype, jnp.floating) else None
+        a, s = jnp.asarray(self.alpha(t)), jnp.asarray(self.sigma(t))
+        if dtype is not None:
+            a, s = a.astype(dtype), s.astype(dtype)
+        return a * x0 + s * eps
 
     def kernel_score(self, t, x, x0):
         r"""$-(x - \alpha(t) x_0)/\sigma(t)^2$."""
