@@ -30,6 +30,7 @@ import jax.random as jr
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .._distributed import put_global
 from .._predictor import Predictor
 from .._process._linear import AbstractLinearProcess, apply_blocks
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics, sde_convention
@@ -593,11 +594,11 @@ def _shard(key, noise, cond, num, batched):
     sh = NamedSharding(mesh, PartitionSpec("batch"))
     if not batched:
         key = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(num))
-        key = jax.device_put(key, sh)
+        key = put_global(key, sh)
     else:
-        key = jax.device_put(key, sh)
+        key = put_global(key, sh)
     if isinstance(noise, jax.Array):
-        noise = jax.device_put(noise, sh)
+        noise = put_global(noise, sh)
     if cond is not None:
-        cond = jax.device_put(cond, sh)
+        cond = put_global(cond, sh)
     return key, noise, cond, True
