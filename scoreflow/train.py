@@ -68,7 +68,10 @@ __all__ = [
     "make_batch_step",
     "make_mesh",
     "make_step",
+    "read_metadata",
+    "replicate",
     "save_checkpoint",
+    "shard_rows",
 ]
 
 _MAGIC_V1 = b"scoreflow-checkpoint-v1\n"

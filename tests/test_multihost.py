@@ -2,8 +2,9 @@
 (gloo CPU collectives, 2 forced host devices each) form one 4-device mesh.
 
 Checked: (a) 4 steps of `sf.train.fit` on 2 processes x 2 devices give the
-parameters of the single-process 4-device run and of the 1-device run (float32;
-the measured differences are printed), and per-host data (`ProcessLocal`) gives
+parameters of the single-process 4-device run and of the 1-device run to 1e-6
+relative (float32, largest difference over largest entry per leaf; measured 1.4e-7
+and 1.6e-7), and per-host data (`ProcessLocal`) gives
 the in-memory run bit for bit; (b) checkpoints are written by process 0 only, and a
 run interrupted and resumed on 2 processes equals the uninterrupted one bit for
 bit; the 2-process checkpoint restores in a 1-process run; (c) `sf.sample` on 2
@@ -12,6 +13,7 @@ single-process result for the same key.
 """
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -93,7 +95,7 @@ MULTI = COMMON + textwrap.dedent(
     print(f"WRITES {pid} {len(writes)}")
 
     # (c) sampling: each host keeps its devices' rows of the global result
-    xs = draw(p, full.ema)
+    xs = draw(p, net)
     starts = sorted(s.index[0].start for s in xs.addressable_shards)
     mine = np.concatenate([np.asarray(s.data) for s in
                            sorted(xs.addressable_shards, key=lambda s: s.index[0].start)])
@@ -114,8 +116,8 @@ SINGLE = COMMON + textwrap.dedent(
     multi = np.load(os.path.join(out, "multi.npz"))
     multi = [multi[f"arr_{i}"] for i in range(len(multi.files))]
 
-    def rel(a, b):
-        return max(float(np.max(np.abs(x - y) / np.maximum(np.abs(y), 1e-6)))
+    def rel(a, b):  # largest difference over the largest entry, leaf by leaf
+        return max(float(np.max(np.abs(x - y)) / np.max(np.abs(y)))
                    for x, y in zip(a, b))
 
     print(f"DIFF multi-vs-4dev {rel(multi, leaves(four.state.model)):.3g}")
@@ -130,13 +132,11 @@ SINGLE = COMMON + textwrap.dedent(
     assert meta["step"] == STEPS
     assert all(np.array_equal(x, y) for x, y in zip(leaves(state.model), multi))
 
-    xs = np.asarray(draw(p, four.ema))
-    x1 = np.asarray(jax.jit(lambda: draw(p, one.ema), device=jax.devices()[0])())
+    xs = np.asarray(draw(p, net))
     hosts = [np.load(os.path.join(out, f"host{i}.npz")) for i in range(2)]
     assert [int(h["start"]) for h in hosts] == [0, 4]
     union = np.concatenate([h["samples"] for h in hosts])
     print(f"DIFF sample-union-vs-1proc {float(np.max(np.abs(union - xs))):.3g}")
-    print(f"DIFF sample-4dev-vs-1dev {float(np.max(np.abs(xs - x1))):.3g}")
     print("SINGLE-OK")
     """
 )
@@ -180,6 +180,7 @@ def _run_two(out, timeout):
 
 
 def test_two_processes_train_checkpoint_and_sample(tmp_path):
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     results = _run_two(tmp_path, timeout=240)
     for i, (rc, stdout, stderr) in enumerate(results):
         assert rc == 0 and f"MULTI-OK {i}" in stdout, stderr[-4000:]
@@ -200,9 +201,13 @@ def test_two_processes_train_checkpoint_and_sample(tmp_path):
         for line in single.stdout.splitlines()
         if line.startswith("DIFF")
     }
-    print(diffs)
-    # float32: the gradient all-reduce sums in another order than one device
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    print(diffs, f"CPU seconds of the 3 subprocesses: {cpu:.1f}")
+    # float32, largest difference / largest entry per leaf after 4 Adam steps; the
+    # gradient all-reduce sums in another order than one device. Measured:
+    # 1.4e-7 (2 processes vs 1 process, 4 devices), 1.6e-7 (vs 1 device).
     assert diffs["multi-vs-4dev"] <= 1e-6, diffs
-    assert diffs["multi-vs-1dev"] <= 1e-5, diffs
+    assert diffs["multi-vs-1dev"] <= 1e-6, diffs
     assert diffs["sample-union-vs-1proc"] == 0.0, diffs
     assert np.isfinite(list(diffs.values())).all()
