@@ -18,7 +18,7 @@ Sampling: an untrained `sf.nets.MLP(2, width=32, depth=1)` velocity model, Euler
 `--chunk`.
 
     python benchmarks/bench_scale.py [--rows 65536] [--batch 1024] [--n1 20]
-        [--n2 220] [--nums 10000,100000,1000000] [--chunk 50000]
+        [--n2 220] [--repeats 3] [--nums 10000,100000,1000000] [--chunk 50000]
 """
 
 import argparse
@@ -29,10 +29,10 @@ import sys
 import time
 
 TRAIN = """
-import json, resource, sys, time
+import json, resource, statistics, sys, time
 import jax, jax.random as jr, numpy as np
 import scoreflow as sf
-path, rows, batch, n1, n2 = sys.argv[1], *map(int, sys.argv[2:6])
+mode, rows, batch, n1, n2, repeats = sys.argv[1], *map(int, sys.argv[2:7])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 data = np.asarray(sf.toy.ring(jr.key(0), rows) / 2.8, np.float32)
 net = sf.nets.MLP(2, width=128, depth=2, key=jr.key(1))
@@ -43,24 +43,29 @@ def stream():
     while True:
         yield data[rng.integers(0, rows, batch)]
 
-def source():
+def source(path):
     if path == "memory":
         return data
     if path == "stream":
         return stream()
     return sf.train.ProcessLocal(stream())
 
-def run(n):
+def run(path, n):
     t = time.perf_counter()
-    r = sf.train.fit(loss, net, source(), key=jr.key(2), steps=n, batch_size=batch,
-                     progress=False)
+    r = sf.train.fit(loss, net, source(path), key=jr.key(2), steps=n,
+                     batch_size=batch, progress=False)
     jax.block_until_ready(r.state.model)
     return time.perf_counter() - t
 
-run(2)  # warm caches (imports, first compile of the helpers)
-t1, t2 = run(n1), run(n2)
+paths = ("memory", "stream", "perhost") if mode == "time" else (mode,)
+rates = {p: [] for p in paths}
+for p in paths:
+    run(p, 2)  # imports, first compiles of the helpers
+for _ in range(repeats):  # interleaved: A B C A B C ...
+    for p in paths:
+        rates[p].append((n2 - n1) / (run(p, n2) - run(p, n1)))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(path=path, steps_per_s=(n2 - n1) / (t2 - t1),
+print(json.dumps(dict(rates={p: statistics.median(v) for p, v in rates.items()},
                       peak_mib=peak / 1024, baseline_mib=base / 1024)))
 """
 
@@ -113,25 +118,29 @@ def main():
     ap.add_argument("--nums", default="10000,100000,1000000")
     ap.add_argument("--chunk", type=int, default=50000)
     ap.add_argument("--sample-steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
 
     if not args.skip_train:
         print(
-            f"training: {args.rows} rows, batch {args.batch}, MLP 128x2, "
-            f"steps/s from {args.n1} vs {args.n2} steps"
+            f"training: {args.rows} rows, batch {args.batch}, MLP 128x2, steps/s "
+            f"from {args.n1} vs {args.n2} steps, median of {args.repeats} "
+            "interleaved repeats; peak RSS of one path per process"
         )
+        a = (args.rows, args.batch, args.n1, args.n2)
+        rates = _run(TRAIN, "time", *a, args.repeats)["rates"]
         print("| data path | steps/s | ratio to memory | peak RSS MiB | baseline MiB |")
         print("| --- | --- | --- | --- | --- |")
-        ref = None
         for path in ("memory", "stream", "perhost"):
-            r = _run(TRAIN, path, args.rows, args.batch, args.n1, args.n2)
-            ref = ref or r["steps_per_s"]
+            r = _run(TRAIN, path, *a, 1)
             print(
-                f"| {path} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / ref:.3f} | "
-                f"{r['peak_mib']:.0f} | {r['baseline_mib']:.0f} |",
+                f"| {path} | {rates[path]:.1f} | {rates[path] / rates['memory']:.3f} "
+                f"| {r['peak_mib']:.0f} | {r['baseline_mib']:.0f} |",
                 flush=True,
             )
+    if not args.nums:
+        return
     print(f"\nsampling: 2-D, Euler {args.sample_steps} steps, MLP 32x1")
     print(
         "| num | one call: peak RSS MiB | s | chunks of "
