@@ -791,6 +791,12 @@ def fit(
     meta.update(metadata or {})
     process = getattr(loss, "process", None)
     check_scale = getattr(loss, "check_scale", False)
+    if isinstance(data, (list, tuple)):
+        raise TypeError(
+            f"`sf.train.fit(data=...)` got a {type(data).__name__}, which could be rows "
+            "or batches; pass `np.asarray(data)` for data in memory (rows drawn inside "
+            "the step) or `iter(data)` for a sequence of batches."
+        )
     in_memory = _is_in_memory(data)
     if not in_memory and cond is not None:
         raise ValueError(

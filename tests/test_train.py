@@ -474,6 +474,8 @@ def test_streamed_data_errors_and_running_out():
         sf.train.fit(loss, net, iter([(x[:16], np.zeros(3))]), steps=5, **kw)
     with pytest.raises(ValueError, match="yields its labels with the batches"):
         sf.train.fit(loss, net, iter([x[:16]]), cond=np.zeros(16), steps=5, **kw)
+    with pytest.raises(TypeError, match="could be rows or batches"):
+        sf.train.fit(loss, net, [x[:16], x[:16]], steps=5, **kw)
     with pytest.raises(TypeError, match="must be an array, an iterable"):
         sf.train.fit(loss, net, 3.0, steps=5, **kw)
     with pytest.warns(UserWarning, match="data ran out after step 3 of 5"):
