@@ -9,7 +9,9 @@ Every configuration runs in its own subprocess, so its peak resident set size
 Training: a 2-D ring data set of `--rows` rows, `sf.nets.MLP(2, width=128,
 depth=2)`, `sf.cfm_loss(sf.RectifiedFlow())`, batch `--batch`. Steps/s is measured
 as (n2 - n1) / (T(n2) - T(n1)) for two `fit` calls of n1 and n2 steps (each call
-compiles once, so compilation cancels). Paths: `memory` (the array, rows drawn
+compiles once, so compilation cancels); "CPU ms/step" is the process CPU time
+per step (all threads; less sensitive to other jobs on a shared machine) and its
+ratio is memory / path. Paths: `memory` (the array, rows drawn
 inside the jitted step), `stream` (a Python generator of NumPy batches, drawn
 with NumPy), `perhost` (`sf.train.ProcessLocal` of the same generator; one process).
 
@@ -51,21 +53,25 @@ def source(path):
     return sf.train.ProcessLocal(stream())
 
 def run(path, n):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     r = sf.train.fit(loss, net, source(path), key=jr.key(2), steps=n,
                      batch_size=batch, progress=False)
     jax.block_until_ready(r.state.model)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 paths = ("memory", "stream", "perhost") if mode == "time" else (mode,)
 rates = {p: [] for p in paths}
+cpu = {p: [] for p in paths}
 for p in paths:
     run(p, 2)  # imports, first compiles of the helpers
 for _ in range(repeats):  # interleaved: A B C A B C ...
     for p in paths:
-        rates[p].append((n2 - n1) / (run(p, n2) - run(p, n1)))
+        (w2, c2), (w1, c1) = run(p, n2), run(p, n1)
+        rates[p].append((n2 - n1) / (w2 - w1))
+        cpu[p].append((c2 - c1) / (n2 - n1) * 1e3)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps(dict(rates={p: statistics.median(v) for p, v in rates.items()},
+                      cpu_ms={p: statistics.median(v) for p, v in cpu.items()},
                       peak_mib=peak / 1024, baseline_mib=base / 1024)))
 """
 
@@ -129,13 +135,18 @@ def main():
             "interleaved repeats; peak RSS of one path per process"
         )
         a = (args.rows, args.batch, args.n1, args.n2)
-        rates = _run(TRAIN, "time", *a, args.repeats)["rates"]
-        print("| data path | steps/s | ratio to memory | peak RSS MiB | baseline MiB |")
-        print("| --- | --- | --- | --- | --- |")
+        timed = _run(TRAIN, "time", *a, args.repeats)
+        rates, cpu = timed["rates"], timed["cpu_ms"]
+        print(
+            "| data path | steps/s | ratio to memory | CPU ms/step | ratio | "
+            "peak RSS MiB | baseline MiB |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for path in ("memory", "stream", "perhost"):
             r = _run(TRAIN, path, *a, 1)
             print(
                 f"| {path} | {rates[path]:.1f} | {rates[path] / rates['memory']:.3f} "
+                f"| {cpu[path]:.2f} | {cpu['memory'] / cpu[path]:.3f} "
                 f"| {r['peak_mib']:.0f} | {r['baseline_mib']:.0f} |",
                 flush=True,
             )
