@@ -99,6 +99,7 @@ from ._likelihood import (
     bits_per_dim as bits_per_dim,
     log_likelihood as log_likelihood,
 )
+from ._chunk import chunked as chunked
 
 # --- bridges and stochastic interpolants (issue 7) ---
 from ._bridge import (

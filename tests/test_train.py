@@ -222,3 +222,262 @@ def test_ring_of_8_fid_near_noise_floor(name, loss_fn):
     )
     print(f"{name}: FD = {fd:.4g}, noise floor = {floor:.4g}, ratio = {fd / floor:.3g}")
     assert fd < 5 * floor, (fd, floor)
+
+
+# --------------------------------------------------------------------------- #
+# What is trained (issue 14, defect 4)
+# --------------------------------------------------------------------------- #
+
+
+def _process_arrays(tree):
+    return jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
+
+
+@pytest.mark.parametrize("adapter", ["ddpm", "sigma"])
+def test_fit_keeps_wrapped_process_fixed(adapter):
+    """`DDPMTimesteps(...).wrap_model(net)` / `SigmaTime(p).wrap_model(net)` carry a
+    process (VP's beta_min, beta_max; the log-SNR table): only `net` is trained.
+    Before the fix, 30 steps of adamw moved beta_min and the table."""
+    p = sf.VP()
+    conv = sf.DDPMTimesteps.linear(p) if adapter == "ddpm" else sf.SigmaTime(p)
+    net = sf.nets.MLP(2, width=16, depth=1, key=jr.key(0))
+    model = conv.wrap_model(net)
+    loss = sf.dsm_loss(p, prediction="eps", check_scale=False)
+    res = sf.train.fit(
+        loss,
+        model,
+        jr.normal(jr.key(1), (256, 2)),
+        key=jr.key(2),
+        steps=30,
+        batch_size=32,
+        optimizer=optax.adamw(1e-2, weight_decay=0.1),
+        progress=False,
+    )
+    before, after = (
+        _process_arrays(model.convention),
+        _process_arrays(res.model.convention),
+    )
+    assert len(before) >= 2
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(
+        _process_arrays(model.convention), _process_arrays(res.ema.convention)
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not _same(res.model.model, net)  # the network did train
+
+
+def test_fit_trains_scheduled_model_params():
+    """`sf.ScheduledModel` marks the schedule trainable (its `params` are leaves of
+    the model)."""
+    p = sf.learned_schedule()
+    net = sf.nets.MLP(2, width=16, depth=1, key=jr.key(0))
+    model = sf.ScheduledModel(net, p)
+    loss = sf.elbo_loss(p)
+    data = jr.normal(jr.key(1), (128, 2))
+    res = sf.train.fit(
+        loss,
+        model,
+        data,
+        learning_rate=1e-2,
+        key=jr.key(2),
+        steps=2,
+        batch_size=32,
+        progress=False,
+    )
+    moved = [
+        k
+        for k in model.params
+        if not np.array_equal(
+            np.asarray(model.params[k]), np.asarray(res.model.params[k])
+        )
+    ]
+    assert moved, "the schedule's params were not trained"
+    spec = sf.train.default_trainable(model)
+    assert all(jax.tree_util.tree_leaves(spec.params))
+
+
+# --------------------------------------------------------------------------- #
+# Bad inputs to fit (issue 14, defects 7 and 8)
+# --------------------------------------------------------------------------- #
+
+
+def _calls_loss(calls):
+    inner = sf.cfm_loss(sf.RectifiedFlow())
+
+    def loss(model, x0, key, **kw):
+        calls.append(1)
+        return inner(model, x0, key, **kw)
+
+    return loss
+
+
+def test_fit_rejects_bad_arguments_before_training(tmp_path):
+    p, net, data = _setup()
+    calls = []
+    loss = _calls_loss(calls)
+    kw = dict(key=jr.key(0), steps=5, progress=False)
+    cnet = sf.nets.MLP(2, width=16, depth=1, num_classes=3, key=jr.key(0))
+    with pytest.raises(ValueError, match=r"one row per data row \(leading axis 512\)"):
+        sf.train.fit(loss, cnet, data, cond=jnp.arange(10) % 3, batch_size=16, **kw)
+    with pytest.raises(ValueError, match=r"batch_size=...\)` must be >= 1"):
+        sf.train.fit(loss, net, data, batch_size=0, **kw)
+    with pytest.raises(TypeError, match="must be a Python int"):
+        sf.train.fit(loss, net, data, batch_size=3.5, **kw)
+    with pytest.raises(ValueError, match="finite number > 0"):
+        sf.train.fit(loss, net, data, batch_size=8, learning_rate=-1e-3, **kw)
+    missing = tmp_path / "no-such-dir" / "run.eqx"
+    with pytest.raises(FileNotFoundError, match="does not exist.*create it"):
+        sf.train.fit(loss, net, data, batch_size=8, checkpoint=missing, **kw)
+    assert calls == [], "training started before the arguments were checked"
+
+
+def test_huge_learning_rate_stops_with_divergence_error():
+    """learning_rate=1e3 sends the loss from 2.3 to 7e28 in one step (measured);
+    fit stops at once instead of training on."""
+    p, net, data = _setup()
+    with pytest.raises(sf.train.TrainingDivergedError, match="grew from .* at step 1"):
+        sf.train.fit(
+            sf.cfm_loss(p),
+            net,
+            data,
+            key=jr.key(2),
+            steps=50,
+            batch_size=32,
+            learning_rate=1e3,
+            progress=False,
+        )
+    # a healthy run never comes near the threshold (max/first loss 1.25 measured)
+    res = sf.train.fit(
+        sf.cfm_loss(p),
+        net,
+        data,
+        key=jr.key(2),
+        steps=50,
+        batch_size=32,
+        learning_rate=1e-2,
+        progress=False,
+    )
+    assert res.losses.max() < 10 * res.losses[0]
+
+
+# --------------------------------------------------------------------------- #
+# Checkpoint integrity
+# --------------------------------------------------------------------------- #
+
+
+def _two_checkpoints(tmp_path):
+    p, net, data = _setup()
+    loss = sf.cfm_loss(p)
+    ck = tmp_path / "run.eqx"
+    kw = dict(key=jr.key(0), batch_size=16, checkpoint=ck, progress=False)
+    sf.train.fit(loss, net, data, steps=4, checkpoint_every=2, **kw)
+    return loss, net, data, ck, kw
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_checkpoint_is_named_and_previous_kept(tmp_path, damage):
+    loss, net, data, ck, kw = _two_checkpoints(tmp_path)
+    prev = tmp_path / "run.eqx.prev"
+    assert sf.train.read_metadata(ck)["step"] == 4
+    assert sf.train.read_metadata(prev)["step"] == 2
+    raw = ck.read_bytes()
+    if damage == "flip":
+        i = len(raw) - 100
+        bad = raw[:i] + bytes([raw[i] ^ 0x10]) + raw[i + 1 :]
+        words = "SHA-256 checksum of its payload does not match"
+    else:
+        bad = raw[: len(raw) - 37]
+        words = "is truncated"
+    ck.write_bytes(bad)
+    prev_bytes = prev.read_bytes()
+    like = sf.train.init_state(net, optax.adam(1e-3), jr.key(0))
+    with pytest.raises(sf.train.CheckpointCorruptError, match=words) as info:
+        sf.train.load_checkpoint(ck, like)
+    assert "(step 2) is intact" in str(info.value)
+    assert info.value.previous == str(prev)
+    with pytest.raises(sf.train.CheckpointCorruptError, match=words):
+        sf.train.fit(loss, net, data, steps=8, **kw)
+    assert ck.read_bytes() == bad and prev.read_bytes() == prev_bytes  # untouched
+    # the previous one resumes
+    prev.replace(ck)
+    res = sf.train.fit(loss, net, data, steps=6, **kw)
+    assert len(res.losses) == 4
+
+
+def test_checkpoint_of_another_structure_says_so(tmp_path):
+    loss, net, data, ck, kw = _two_checkpoints(tmp_path)
+    other = sf.nets.MLP(2, width=8, depth=1, key=jr.key(0))
+    like = sf.train.init_state(other, optax.adam(1e-3), jr.key(0))
+    with pytest.raises(sf.train.CheckpointMismatchError, match="another model"):
+        sf.train.load_checkpoint(ck, like)
+
+
+# --------------------------------------------------------------------------- #
+# Streamed data
+# --------------------------------------------------------------------------- #
+
+
+def _in_memory_rows(key, n, batch_size, steps):
+    """The rows `make_step` draws: (next key, batch key, loss key) = split(key, 3)."""
+    out, key = [], jr.key_data(key)
+    for _ in range(steps):
+        key, k_batch, _ = jr.split(jr.wrap_key_data(key), 3)
+        out.append(np.asarray(jr.randint(k_batch, (batch_size,), 0, n)))
+        key = jr.key_data(key)
+    return out
+
+
+def test_streamed_batches_equal_in_memory_run(tmp_path):
+    """Streaming exactly the rows the in-memory step draws gives the same run bit
+    for bit: as a generator of arrays, of (x0, cond) pairs, of mappings, as
+    `ProcessLocal` (one process), and resumed from a checkpoint (the stream skips
+    the batches already used)."""
+    p, _, data = _setup()
+    net = sf.nets.MLP(2, width=16, depth=1, num_classes=3, key=jr.key(0))
+    labels = jnp.arange(512) % 3
+    loss = sf.cfm_loss(p)
+    kw = dict(key=jr.key(5), steps=6, batch_size=32, progress=False)
+    ref = sf.train.fit(loss, net, data, cond=labels, **kw)
+    rows = _in_memory_rows(jr.key(5), 512, 32, 6)
+    x, c = np.asarray(data), np.asarray(labels)
+
+    def pairs():
+        for idx in rows:
+            yield x[idx], c[idx]
+
+    for stream in (
+        pairs(),
+        sf.train.ProcessLocal({"x0": x[i], "cond": c[i]} for i in rows),
+    ):
+        res = sf.train.fit(loss, net, stream, **kw)
+        np.testing.assert_array_equal(res.losses, ref.losses)
+        assert _same(res.state, ref.state)
+    ck = tmp_path / "s.eqx"
+    sf.train.fit(loss, net, pairs(), **{**kw, "steps": 4}, checkpoint=ck)
+    seek = lambda start: ((x[i], c[i]) for i in rows[start:])  # noqa: E731
+    res = sf.train.fit(loss, net, seek, **kw, checkpoint=ck)
+    np.testing.assert_array_equal(res.losses, ref.losses[4:])
+    assert _same(res.state, ref.state)
+
+
+def test_streamed_data_errors_and_running_out():
+    p, net, data = _setup()
+    loss = sf.cfm_loss(p)
+    kw = dict(key=jr.key(0), progress=False)
+    x = np.asarray(data)
+    with pytest.raises(ValueError, match="batch 2 has 7 rows but the batches have 16"):
+        sf.train.fit(loss, net, iter([x[:16], x[:16], x[:7]]), steps=5, **kw)
+    with pytest.raises(ValueError, match="batch 0 has 32 rows but the batches have 16"):
+        sf.train.fit(loss, net, iter([x[:32]]), steps=5, batch_size=16, **kw)
+    with pytest.raises(ValueError, match="same number of rows"):
+        sf.train.fit(loss, net, iter([(x[:16], np.zeros(3))]), steps=5, **kw)
+    with pytest.raises(ValueError, match="yields its labels with the batches"):
+        sf.train.fit(loss, net, iter([x[:16]]), cond=np.zeros(16), steps=5, **kw)
+    with pytest.raises(TypeError, match="could be rows or batches"):
+        sf.train.fit(loss, net, [x[:16], x[:16]], steps=5, **kw)
+    with pytest.raises(TypeError, match="must be an array, an iterable"):
+        sf.train.fit(loss, net, 3.0, steps=5, **kw)
+    with pytest.warns(UserWarning, match="data ran out after step 3 of 5"):
+        res = sf.train.fit(loss, net, iter([x[:16]] * 3), steps=5, **kw)
+    assert len(res.losses) == 3

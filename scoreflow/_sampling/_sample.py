@@ -29,7 +29,9 @@ import jax.random as jr
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .._chunk import chunked
 from .._count import counted, runge_kutta_evaluations, traced_calls
+from .._distributed import put_global
 from .._process import AbstractProcess, AbstractScalarProcess, require
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics, sde_convention
 from ._grids import check_time_grid, uniform_grid
@@ -305,6 +307,7 @@ def sample(
     dt0: float | None = None,
     max_steps: int = 4096,
     throw: bool = True,
+    batch_size: int | None = None,
 ):
     r"""Draw `num` samples by integrating the reverse-time dynamics from noise to data.
 
@@ -360,6 +363,9 @@ def sample(
     - `dt0`, `max_steps`: for adaptive solves.
     - `throw`: raise (`EqxRuntimeError`, also inside jit) when a solve fails or a
       sample is not finite, as diffrax's `throw=`; `False` returns them as they are.
+    - `batch_size`: compute at most this many samples at a time (bounded peak
+      memory, [`scoreflow.chunked`][]); the result equals the one-call result for
+      the same key. One compilation for all chunks (the last is padded).
 
     **Returns:** an array `(num, *shape)`; with `return_info=True` the pair
     `(samples, info)`, `info` a dict of per-sample arrays: `nfe` (network evaluations
@@ -495,6 +501,34 @@ def sample(
                 f"(one condition per sample), got shapes {bad}."
             )
     batched = _is_key_batch(key, num)
+    if batch_size is not None and batch_size < num:
+        return _sample_chunked(
+            key,
+            batched,
+            process,
+            predictor,
+            shape,
+            num=num,
+            batch_size=batch_size,
+            noise=noise,
+            cond=cond,
+            grid=grid,
+            adaptive=adaptive,
+            return_info=return_info,
+            return_trajectory=return_trajectory,
+            kwargs=dict(
+                method=method,
+                solver=solver,
+                stepsize_controller=stepsize_controller,
+                eta=eta,
+                denoise=denoise,
+                brownian=brownian,
+                progress_meter=progress_meter,
+                dt0=dt0,
+                max_steps=max_steps,
+                throw=throw,
+            ),
+        )
     has_noise = noise is not None
     if noise is None:
         noise = _Template(template)
@@ -523,6 +557,59 @@ def sample(
     return xs, info
 
 
+def _sample_chunked(
+    key,
+    batched,
+    process,
+    predictor,
+    shape,
+    *,
+    num,
+    batch_size,
+    noise,
+    cond,
+    grid,
+    adaptive,
+    return_info,
+    return_trajectory,
+    kwargs,
+):
+    """`sf.sample` in chunks of `batch_size` (sample i keeps its key, so the result
+    is the one-call result)."""
+
+    def run(idx, keys=None):
+        k = key[idx] if keys is None else keys
+        out = sample(
+            k,
+            process,
+            predictor,
+            shape,
+            num=int(idx.shape[0]),
+            time_grid=None if adaptive else grid,
+            noise=None if noise is None else noise[idx],
+            cond=None
+            if cond is None
+            else jax.tree_util.tree_map(lambda c: c[idx], cond),
+            return_info=True,
+            return_trajectory=return_trajectory,
+            **kwargs,
+        )
+        xs, info = out
+        info = {
+            k: v for k, v in info.items() if not (k == "ts" and not return_trajectory)
+        }
+        return xs, info
+
+    xs, info = chunked(run, num, int(batch_size), key=None if batched else key)
+    xs = jnp.asarray(xs)
+    if not return_info:
+        return xs
+    info = {k: jnp.asarray(v) for k, v in info.items()}
+    if not return_trajectory:
+        info["ts"] = grid
+    return xs, info
+
+
 class _Template(eqx.Module):
     """Shape and dtype of one sample (static)."""
 
@@ -542,11 +629,11 @@ def _shard(key, noise, cond, num, batched):
     sh = NamedSharding(mesh, PartitionSpec("batch"))
     if not batched:
         key = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(num))
-        key = jax.device_put(key, sh)
+        key = put_global(key, sh)
     else:
-        key = jax.device_put(key, sh)
+        key = put_global(key, sh)
     if isinstance(noise, jax.Array):
-        noise = jax.device_put(noise, sh)
+        noise = put_global(noise, sh)
     if cond is not None:
-        cond = jax.device_put(cond, sh)
+        cond = put_global(cond, sh)
     return key, noise, cond, True
