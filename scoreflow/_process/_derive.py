@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import itertools
 import math
@@ -28,8 +29,16 @@ from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 from .._symbols import t, tau, x
 
 SYMPY_TIMEOUT = 8.0
-"""Seconds sympy may spend on one integral, limit or solve before scoreflow falls
-back to numerics (only enforced in the main thread, where SIGALRM is available)."""
+"""The default work budget of one sympy integral, limit, solve or simplification
+before scoreflow falls back to numerics, in *work units* (see `WORK_UNIT`): roughly
+seconds of sympy on an idle 2020s CPU, but counted, not timed, so the outcome is the
+same on a fast, slow or loaded machine (issue 14, defect 2). The name is kept for
+compatibility."""
+
+WORK_UNIT = 20
+"""Generation-0 garbage collections (about 700 net allocations of container objects
+each) per work unit. sympy builds and drops many tuples and dicts, so the count
+follows the amount of work done, whatever the wall-clock speed."""
 
 
 def _cache_dir():
@@ -88,45 +97,78 @@ def disk_cached(fn):
     return wrapper
 
 
-_CACHE_VERSION = 4  # bump when a derivation's logic changes
+_CACHE_VERSION = 5  # bump when a derivation's logic changes
 
 
-class _Timeout(BaseException):
+class _OutOfWork(BaseException):
     """A BaseException, so sympy's internal `except Exception` cannot swallow it."""
 
 
+_INTERRUPTIBLE = (os.path.dirname(sympy.__file__), os.path.dirname(mpmath.__file__))
+
+
 @contextlib.contextmanager
-def _time_limit(seconds: float):
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "SIGALRM"
-    ):
-        yield
+def _work_limit(units: float | None):
+    """Count the body's work in generation-0 garbage collections; past
+    `units * WORK_UNIT` of them the body is out of work (`state["out"]`), a
+    deterministic measure, unlike a wall-clock limit (issue 14, defect 2).
+
+    In the main thread the body is also interrupted then (`_OutOfWork` from a
+    SIGALRM handler), but only in a sympy or mpmath frame: a signal landing in a
+    `__del__` or a gc callback, where Python would print and swallow the exception
+    (issue 14, defect 9), is re-sent 1 ms later. The *outcome* does not depend on
+    when the interruption lands: `try_sympy` discards a result finished after the
+    budget ran out."""
+    state = {"count": 0, "out": False}
+    if units is None:
+        yield state
         return
+    tid = threading.get_ident()
+    budget = max(1, int(units * WORK_UNIT))
+    interrupt = threading.current_thread() is threading.main_thread() and hasattr(
+        signal, "SIGALRM"
+    )
+
+    def callback(phase, info):
+        if phase != "stop" or state["out"] or threading.get_ident() != tid:
+            return
+        state["count"] += 1
+        if state["count"] > budget:
+            state["out"] = True
+            if interrupt:
+                signal.setitimer(signal.ITIMER_REAL, 1e-4)
 
     def handler(signum, frame):
-        # Re-arm before raising: if the signal lands inside a callback whose
-        # exceptions Python swallows (e.g. a gc callback, printed as "Exception
-        # ignored in ..."), the limit fires again shortly instead of being lost.
-        # When the raise does propagate, the `finally` below disarms it.
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        raise _Timeout
+        if frame is not None and frame.f_code.co_filename.startswith(_INTERRUPTIBLE):
+            raise _OutOfWork
+        signal.setitimer(signal.ITIMER_REAL, 1e-3)  # not here: try again shortly
 
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    if interrupt:
+        old = signal.signal(signal.SIGALRM, handler)
+    was_enabled = gc.isenabled()
+    gc.enable()  # the count needs the collector (restored below)
+    gc.callbacks.append(callback)
     try:
-        yield
+        yield state
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        gc.callbacks.remove(callback)
+        if not was_enabled:
+            gc.disable()
+        if interrupt:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
 
 
-def try_sympy(fn: Callable[[], sympy.Expr], seconds: float = SYMPY_TIMEOUT):
-    """Run a sympy computation; `None` if it raises or runs out of time."""
+def try_sympy(fn: Callable[[], sympy.Expr], seconds: float | None = SYMPY_TIMEOUT):
+    """Run a sympy computation; `None` if it raises or exceeds its work budget
+    (`seconds` work units, see `SYMPY_TIMEOUT`: counted, not timed; `None`: no
+    budget)."""
     try:
-        with _time_limit(seconds):
-            return fn()
-    except (_Timeout, Exception):
+        with _work_limit(seconds) as state:
+            out = fn()
+    except (_OutOfWork, Exception):
         return None
+    return None if state["out"] else out
 
 
 def _generic_branch(expr):
@@ -632,3 +674,131 @@ def compilable(expr) -> bool:
     except (KeyError, TypeError, ValueError, NotImplementedError):
         return False
     return True
+
+
+# --------------------------------------------------------------------------- #
+# The inverse of the log-SNR
+# --------------------------------------------------------------------------- #
+
+LAM = sympy.Symbol("lam", real=True)
+"""The log-SNR variable of `inverse_log_snr`'s result."""
+
+INVERSE_WORK = 6.0
+"""Work units (see `SYMPY_TIMEOUT`) for each `sympy.solve` of the inverse."""
+
+
+def _rationalize_sqrt_differences(expr):
+    """`sqrt(q) - a` as `(q - a^2) / (sqrt(q) + a)`: the quadratic formula's root
+    without the cancellation at small discriminant changes (e.g. VP at t -> 0)."""
+
+    def fix(e):
+        if not isinstance(e, sympy.Add):
+            return e
+        roots = [a for a in e.args if isinstance(a, sympy.Pow) and a.exp == sympy.S.Half]
+        if len(roots) != 1:
+            return e
+        r = roots[0]
+        rest = e - r
+        return sympy.expand(r.base - rest**2) / (r - rest)
+
+    return expr.replace(lambda e: isinstance(e, sympy.Add), fix)
+
+
+def _inverse_candidates(sol, var):
+    """`sol` (first) and equal rewrites of it, as a list."""
+    out, seen = [], set()
+    forms = [sol]
+    for rw in (_simplify, lambda e: sympy.expand_log(e, force=True)):
+        new = try_sympy(lambda: rw(sol), 2.0)
+        if new is not None and same_values(sol.subs(var, t), new.subs(var, t)):
+            forms.append(new)
+    for form in list(forms):
+        rat = try_sympy(lambda: _rationalize_sqrt_differences(form), 2.0)
+        if rat is not None:
+            forms.append(rat)
+    for form in forms:
+        for f in (form, try_sympy(lambda: optimize(form, _STABLE_OPTS), 2.0)):
+            if f is not None and f not in seen:
+                seen.add(f)
+                out.append(f)
+    return out
+
+
+@disk_cached
+def inverse_log_snr(lam_expr: sympy.Expr, subs: tuple, t_range: tuple):
+    r"""The closed-form inverse $t(\lambda)$ of the log-SNR `lam_expr` (a sympy
+    expression in `t`), as a sympy expression in `LAM`, or `None` when sympy finds
+    none within `INVERSE_WORK` (counted, not timed: the same answer on every machine).
+
+    `subs` (parameter values, `((symbol, value), ...)`) and `t_range = (t0, t1)` pick
+    sympy's branch (the one inverting `lam_expr` at interior times) and the most
+    accurate float32 form on the log-SNR range of `[t0, t1]` (measured against
+    30-digit mpmath; e.g. VP's root needs `log1p(exp(-lam))`, not
+    `log((exp(-lam) + 1)**(2 (beta_max - beta_min)))`, which is 0.12% off at DDPM's
+    first timestep). Cached in memory and on disk, like the derivations."""
+    sub = dict(subs)
+    t0, t1 = (float(v) for v in t_range)
+    U = sympy.Dummy("U", positive=True)
+    sols = []
+    # sigma^2/alpha^2 = exp(-lam) = U is usually algebraic in t where lam is not.
+    ratio = _simplify(sympy.exp(-lam_expr))
+    for eq, to_u in (
+        (lambda: sympy.solve(sympy.Eq(ratio, U), t), {}),
+        (lambda: sympy.solve(sympy.Eq(lam_expr, LAM), t), {LAM: -sympy.log(U)}),
+    ):
+        found = try_sympy(eq, INVERSE_WORK)
+        if found:
+            # Stable forms are searched in U = exp(-lam) > 0, where e.g.
+            # log((U + 1)^k) = k log1p(U) is valid; then U = exp(-lam).
+            back = {U: sympy.exp(-LAM)}
+            sols = []
+            for sol in found:
+                forms = [sol.xreplace(to_u)] + _inverse_candidates(sol.xreplace(to_u), U)
+                if to_u:
+                    forms += _inverse_candidates(sol, LAM)
+                    forms = [sol] + [f.xreplace(back) for f in forms]
+                else:
+                    forms = [f.xreplace(back) for f in forms]
+                sols.append(forms)
+            break
+    if not sols:
+        return None
+    lam_fn = sympy.lambdify(t, lam_expr.subs(sub), modules="mpmath")
+    interior = [t0 + (t1 - t0) * f for f in (0.1, 0.37, 0.5, 0.8)]
+    with mpmath.workdps(30):
+        lams = [lam_fn(mpmath.mpf(tv)) for tv in interior]
+        # The float32 accuracy grid: log-SNR values of times across [t0, t1].
+        ts = np.unique(
+            np.concatenate(
+                [t0 + (t1 - t0) * np.geomspace(1e-6, 1, 25), np.linspace(t0, t1, 17)]
+            )
+        )
+        grid = np.asarray([float(lam_fn(mpmath.mpf(float(tv)))) for tv in ts])
+    best, best_err = None, math.inf
+    for forms in sols:
+        sol = forms[0]
+        fn = sympy.lambdify(LAM, sol.subs(sub), modules="mpmath")
+        try:
+            with mpmath.workdps(30):
+                ok = all(
+                    abs(complex(fn(lv)) - tv) < 1e-9 * max(1.0, t1)
+                    for lv, tv in zip(lams, interior)
+                )
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            ok = False
+        if not ok:
+            continue
+        for form in forms:
+            if form.has(sympy.I) or not compilable(form.xreplace({LAM: t})):
+                continue
+            try:
+                f32 = sympy.lambdify(LAM, form.subs(sub), modules="numpy")
+                with np.errstate(all="ignore"):
+                    val = np.asarray(f32(grid.astype(np.float32)), np.float64)
+                err = np.abs(val - ts) / np.maximum(np.abs(ts), 1e-30)
+                e = float(np.max(np.where(np.isfinite(err), err, 1e30)))
+            except Exception:
+                continue
+            if e < best_err:
+                best, best_err = form, e
+    return best
