@@ -694,7 +694,9 @@ def _rationalize_sqrt_differences(expr):
     def fix(e):
         if not isinstance(e, sympy.Add):
             return e
-        roots = [a for a in e.args if isinstance(a, sympy.Pow) and a.exp == sympy.S.Half]
+        roots = [
+            a for a in e.args if isinstance(a, sympy.Pow) and a.exp == sympy.S.Half
+        ]
         if len(roots) != 1:
             return e
         r = roots[0]
@@ -753,7 +755,9 @@ def inverse_log_snr(lam_expr: sympy.Expr, subs: tuple, t_range: tuple):
             back = {U: sympy.exp(-LAM)}
             sols = []
             for sol in found:
-                forms = [sol.xreplace(to_u)] + _inverse_candidates(sol.xreplace(to_u), U)
+                forms = [sol.xreplace(to_u)] + _inverse_candidates(
+                    sol.xreplace(to_u), U
+                )
                 if to_u:
                     forms += _inverse_candidates(sol, LAM)
                     forms = [sol] + [f.xreplace(back) for f in forms]
