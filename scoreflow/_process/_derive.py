@@ -28,14 +28,14 @@ from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
 from .._symbols import t, tau, x
 
-SYMPY_TIMEOUT = 8.0
+SYMPY_TIMEOUT = 4.0
 """The default work budget of one sympy integral, limit, solve or simplification
 before scoreflow falls back to numerics, in *work units* (see `WORK_UNIT`): roughly
 seconds of sympy on an idle 2020s CPU, but counted, not timed, so the outcome is the
 same on a fast, slow or loaded machine (issue 14, defect 2). The name is kept for
 compatibility."""
 
-WORK_UNIT = 20
+WORK_UNIT = 40
 """Generation-0 garbage collections (about 700 net allocations of container objects
 each) per work unit. sympy builds and drops many tuples and dicts, so the count
 follows the amount of work done, whatever the wall-clock speed."""
