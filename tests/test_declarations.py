@@ -102,3 +102,12 @@ def test_schedule_family_matches_its_callable_declaration(family, k, c):
     arg = {"poly": k, "power": k, "trig": c, "exp": 4 * c}[family]
     with float32():
         _check_against_callables(*FAMILIES[family](arg))
+
+
+def test_prior_mismatch_warning_points_at_the_users_line():
+    # Defect 9: the warning was attributed to equinox's _better_abstract.py.
+    with pytest.warns(sf.PriorMismatchWarning) as record:
+        sf.Interpolant(
+            alpha=sympy.cos(sympy.pi * t / 4), sigma=sympy.sin(sympy.pi * t / 4)
+        )
+    assert record[0].filename == __file__, record[0].filename

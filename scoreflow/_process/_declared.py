@@ -23,6 +23,7 @@ import sympy2jax
 
 from .._custom_types import Scalar, ScalarLike
 from .._symbols import t as T_SYM, x as X_SYM
+from .._warnings import user_stacklevel
 from . import _derive, _stationary
 from ._base import AbstractProcess
 
@@ -975,7 +976,7 @@ def _finish(call, d, param_symbols, params, fns, t0, t1, horizon, mp):
                 f"KL(p_t1 || prior) = {prior_kl:.3g} per dimension. Samplers started from "
                 "the prior will be biased; increase the noise at t1 (or t1 itself).",
                 PriorMismatchWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
     if t0v < 0:
