@@ -108,3 +108,18 @@ def test_inverse_log_snr_agrees_with_bisection_in_float32(name, tmp_path, monkey
     np.testing.assert_allclose(bisect, ts, rtol=1e-9)
     # float32 round-off of lam (6e-8 relative) times the condition number of t(lam).
     np.testing.assert_allclose(got, ts, rtol=2e-6)
+
+
+def test_shipped_builtin_derivation_equals_a_fresh_one(tmp_path, monkeypatch):
+    # The fast path (the derivation shipped in _derive.BUILTIN_CACHE) and the slow
+    # path (sympy, from scratch) agree.
+    from scoreflow._process._public import _b0, _b1, _beta
+
+    monkeypatch.setenv("SCOREFLOW_CACHE_DIR", str(tmp_path))  # no user cache
+    drift, g = -_beta / 2 * sf.x, sympy.sqrt(_beta)
+    assert any(_derive.BUILTIN_CACHE.glob("_derive_from_sde_cached-*.pkl"))
+    shipped = _derive.derive_from_sde(drift, g)
+    assert not any(tmp_path.iterdir())  # read, not recomputed
+    fresh = _derive._complete(_derive._derive_from_sde(drift, g))
+    assert shipped == fresh
+    assert shipped.log_snr == fresh.log_snr and {_b0, _b1} <= shipped.alpha.free_symbols

@@ -50,9 +50,18 @@ def _cache_dir():
     return pathlib.Path(d) if d else pathlib.Path.home() / ".cache" / "scoreflow"
 
 
+BUILTIN_CACHE = pathlib.Path(__file__).parent / "_builtin_cache"
+"""Derivations of the built-in processes (default parameters), shipped with the
+package in the disk cache's format and read after the user's cache: a built-in is
+derived without sympy on a fresh machine. Regenerate with
+`python -m scoreflow._process._precompute` after a derivation change (and bump
+`_CACHE_VERSION`); `tests/test_derive.py` checks them against a fresh derivation."""
+
+
 def disk_cached(fn):
     """Memoise a pure sympy function in memory and on disk (pickle), keyed by the
-    `srepr` of its arguments and the sympy version. Any cache failure is ignored."""
+    `srepr` of its arguments and the sympy version; the shipped `BUILTIN_CACHE` is
+    read when the user's cache misses. Any cache failure is ignored."""
     memo: dict = {}
 
     @functools.wraps(fn)
@@ -74,13 +83,15 @@ def disk_cached(fn):
             return memo[key]
         d = _cache_dir()
         path = None if d is None else d / f"{fn.__name__}-{key[:32]}.pkl"
-        if path is not None and path.exists():
-            try:
-                with open(path, "rb") as fh:
-                    memo[key] = pickle.load(fh)
-                return memo[key]
-            except Exception:
-                pass
+        name = f"{fn.__name__}-{key[:32]}.pkl"
+        for p in (path, BUILTIN_CACHE / name):
+            if p is not None and p.exists():
+                try:
+                    with open(p, "rb") as fh:
+                        memo[key] = pickle.load(fh)
+                    return memo[key]
+                except Exception:
+                    pass
         out = fn(*args)
         memo[key] = out
         if path is not None:
