@@ -80,12 +80,13 @@ def test_zero_diffusion_is_named():
 
 
 @pytest.mark.parametrize(
-    "name", ["VP", "EDM", pytest.param("VE", marks=pytest.mark.slow)]
+    "name",
+    ["VP", "EDM", "RectifiedFlow", pytest.param("VE", marks=pytest.mark.slow)],
 )
 def test_inverse_log_snr_agrees_with_bisection_in_float32(name, tmp_path, monkeypatch):
     # Defect 2: VP's closed form log((exp(-lam) + 1)**(2 (beta_max - beta_min)))
     # mapped DDPM's timestep 0 (t = 9.164770e-4) to 9.17583e-4 in float32.
-    monkeypatch.setenv("SCOREFLOW_CACHE_DIR", str(tmp_path))  # cold
+    monkeypatch.setenv("SCOREFLOW_CACHE_DIR", str(tmp_path))  # no user cache
     p = getattr(sf, name)()
     d = p._info.derivation
     subs = tuple(

@@ -108,7 +108,7 @@ def disk_cached(fn):
     return wrapper
 
 
-_CACHE_VERSION = 5  # bump when a derivation's logic changes
+_CACHE_VERSION = 7  # bump when a derivation's logic changes
 
 
 class _OutOfWork(BaseException):
@@ -721,7 +721,12 @@ def _inverse_candidates(sol, var):
     """`sol` (first) and equal rewrites of it, as a list."""
     out, seen = [], set()
     forms = [sol]
-    for rw in (_simplify, lambda e: sympy.expand_log(e, force=True)):
+    V = sympy.Dummy("V", positive=True)
+
+    def cancel_roots(e):  # e.g. (U - sqrt(U))/(U - 1) -> sqrt(U)/(sqrt(U) + 1)
+        return sympy.cancel(e.xreplace({var: V**2})).xreplace({V: sympy.sqrt(var)})
+
+    for rw in (_simplify, lambda e: sympy.expand_log(e, force=True), cancel_roots):
         new = try_sympy(lambda: rw(sol), 2.0)
         if new is not None and same_values(sol.subs(var, t), new.subs(var, t)):
             forms.append(new)
@@ -779,7 +784,7 @@ def inverse_log_snr(lam_expr: sympy.Expr, subs: tuple, t_range: tuple):
     if not sols:
         return None
     lam_fn = sympy.lambdify(t, lam_expr.subs(sub), modules="mpmath")
-    interior = [t0 + (t1 - t0) * f for f in (0.1, 0.37, 0.5, 0.8)]
+    interior = [t0 + (t1 - t0) * f for f in (0.1, 0.37, 0.63, 0.8)]
     with mpmath.workdps(30):
         lams = [lam_fn(mpmath.mpf(tv)) for tv in interior]
         # The float32 accuracy grid: log-SNR values of times across [t0, t1].
@@ -816,4 +821,5 @@ def inverse_log_snr(lam_expr: sympy.Expr, subs: tuple, t_range: tuple):
                 continue
             if e < best_err:
                 best, best_err = form, e
-    return best
+    # A form that is not finite on the whole range (e.g. 0/0 at lam = 0) is no inverse.
+    return best if best_err < 1e-3 else None
