@@ -81,7 +81,7 @@ def test_zero_diffusion_is_named():
 
 @pytest.mark.parametrize(
     "name",
-    ["VP", "EDM", "RectifiedFlow", pytest.param("VE", marks=pytest.mark.slow)],
+    ["VP", "EDM", "RectifiedFlow", "VE"],
 )
 def test_inverse_log_snr_agrees_with_bisection_in_float32(name, tmp_path, monkeypatch):
     # Defect 2: VP's closed form log((exp(-lam) + 1)**(2 (beta_max - beta_min)))
