@@ -54,6 +54,30 @@ def _derive(args) -> int:
     return 0
 
 
+_EXPRESSION_OPTIONS = ("--drift", "--diffusion", "--alpha", "--sigma")
+
+
+def _join_expression_values(argv):
+    """`--drift -x` as `--drift=-x`: argparse would read a value starting with "-"
+    as an option, but an expression such as `-x` or `-(1 + t)*x` is a valid drift."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if (
+            a in _EXPRESSION_OPTIONS
+            and i + 1 < len(argv)
+            and not argv[i + 1].startswith("--")
+        ):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="scoreflow",
@@ -92,7 +116,7 @@ def main(argv=None) -> int:
     )
     demo.add_argument("--seed", type=int, default=0)
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_expression_values(argv))
     if args.command == "derive":
         return _derive(args)
     from ._demo import run_demo

@@ -104,7 +104,27 @@ class _Conditioner(eqx.Module):
             return h
         if cond is None:
             cond = self.num_classes
-        return h + self.label(jnp.asarray(cond, jnp.int32))
+        cond = jnp.asarray(cond)
+        if not jnp.issubdtype(cond.dtype, jnp.integer):
+            raise TypeError(
+                f"class labels must be integers in [0, {self.num_classes}] "
+                f"({self.num_classes} = null_label), got dtype {cond.dtype}."
+            )
+        if cond.shape != ():
+            raise ValueError(
+                "the network is unbatched: it takes one class label (a scalar), got "
+                f"shape {cond.shape}. vmap over the batch."
+            )
+        # Without this check, jnp's clamping indexing maps an out-of-range label
+        # (7 or -1 for 3 classes) silently onto the null label.
+        cond = eqx.error_if(
+            cond,
+            (cond < 0) | (cond > self.num_classes),
+            f"class label out of range: labels are ints in [0, {self.num_classes - 1}] "
+            f"(or {self.num_classes} = null_label, unconditional) for num_classes="
+            f"{self.num_classes}.",
+        )
+        return h + self.label(cond.astype(jnp.int32))
 
 
 class MLP(eqx.Module):

@@ -52,3 +52,14 @@ def test_demo_smoke(tmp_path):
     assert metrics["train_steps"] == 60
     for f in ("samples.png", "trajectories.png"):
         assert (out / f).stat().st_size > 10_000
+
+
+def test_derive_accepts_a_negative_expression_after_a_space(capsys):
+    # Issue 14, defect 8: argparse read "-x" in `--drift -x` as an option.
+    assert main(["derive", "--drift", "-x", "--diffusion", "sqrt(2)"]) == 0
+    spaced = capsys.readouterr().out
+    assert main(["derive", "--drift=-x", "--diffusion=sqrt(2)"]) == 0
+    assert capsys.readouterr().out == spaced
+    assert "exp(-t)" in spaced  # alpha of the OU process
+    assert main(["derive", "--alpha", "-t + 1", "--sigma", "t"]) == 0
+    assert "kernel" in capsys.readouterr().out

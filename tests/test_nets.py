@@ -61,3 +61,20 @@ def test_unet_trains_with_a_loss(getkey):
     v, g = eqx.filter_jit(eqx.filter_value_and_grad(loss))(net, x0, getkey())
     assert np.isfinite(float(v))
     assert all(bool(jnp.isfinite(a).all()) for a in jax.tree_util.tree_leaves(g))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_out_of_range_label_is_an_error_not_the_null_label(getkey, jit):
+    # Issue 14, defect 7: jnp's clamping index turned 7 (or -1) into the null label 3.
+    from float32 import float32
+
+    with float32():
+        net = sf.nets.MLP(2, num_classes=3, key=getkey())
+        call = eqx.filter_jit(net) if jit else net
+        x = jnp.ones(2)
+        for label in (7, -1, 4):
+            with pytest.raises(eqx.EquinoxRuntimeError, match="label out of range"):
+                call(0.5, x, label)
+        for label in (0, 2, net.null_label):  # the null label itself stays valid
+            assert np.all(np.isfinite(call(0.5, x, label)))
+        np.testing.assert_array_equal(call(0.5, x), call(0.5, x, net.null_label))

@@ -231,7 +231,9 @@ class AbstractDeclaredScalarProcess(AbstractDeclaredProcess, AbstractScalarProce
         $[\lambda(t_1), \lambda(t_0)]$ raises."""
         d = self._info.derivation
         if d is not None and d.log_snr is not None:
-            inv = inverse_for(d.log_snr, self.params, self._info.param_symbols)
+            inv = inverse_for(
+                d.log_snr, self.params, self._info.param_symbols, (self.t0, self.t1)
+            )
             if inv is not None:
                 return closed_form_time(
                     inv, self.params, self.log_snr, lam, self.t0, self.t1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import itertools
 import math
@@ -27,9 +28,17 @@ from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
 from .._symbols import t, tau, x
 
-SYMPY_TIMEOUT = 8.0
-"""Seconds sympy may spend on one integral, limit or solve before scoreflow falls
-back to numerics (only enforced in the main thread, where SIGALRM is available)."""
+SYMPY_TIMEOUT = 4.0
+"""The default work budget of one sympy integral, limit, solve or simplification
+before scoreflow falls back to numerics, in *work units* (see `WORK_UNIT`): roughly
+seconds of sympy on an idle 2020s CPU, but counted, not timed, so the outcome is the
+same on a fast, slow or loaded machine (issue 14, defect 2). The name is kept for
+compatibility."""
+
+WORK_UNIT = 40
+"""Generation-0 garbage collections (about 700 net allocations of container objects
+each) per work unit. sympy builds and drops many tuples and dicts, so the count
+follows the amount of work done, whatever the wall-clock speed."""
 
 
 def _cache_dir():
@@ -41,9 +50,18 @@ def _cache_dir():
     return pathlib.Path(d) if d else pathlib.Path.home() / ".cache" / "scoreflow"
 
 
+BUILTIN_CACHE = pathlib.Path(__file__).parent / "_builtin_cache"
+"""Derivations of the built-in processes (default parameters), shipped with the
+package in the disk cache's format and read after the user's cache: a built-in is
+derived without sympy on a fresh machine. Regenerate with
+`python -m scoreflow._process._precompute` after a derivation change (and bump
+`_CACHE_VERSION`); `tests/test_derive.py` checks them against a fresh derivation."""
+
+
 def disk_cached(fn):
     """Memoise a pure sympy function in memory and on disk (pickle), keyed by the
-    `srepr` of its arguments and the sympy version. Any cache failure is ignored."""
+    `srepr` of its arguments and the sympy version; the shipped `BUILTIN_CACHE` is
+    read when the user's cache misses. Any cache failure is ignored."""
     memo: dict = {}
 
     @functools.wraps(fn)
@@ -65,13 +83,15 @@ def disk_cached(fn):
             return memo[key]
         d = _cache_dir()
         path = None if d is None else d / f"{fn.__name__}-{key[:32]}.pkl"
-        if path is not None and path.exists():
-            try:
-                with open(path, "rb") as fh:
-                    memo[key] = pickle.load(fh)
-                return memo[key]
-            except Exception:
-                pass
+        name = f"{fn.__name__}-{key[:32]}.pkl"
+        for p in (path, BUILTIN_CACHE / name):
+            if p is not None and p.exists():
+                try:
+                    with open(p, "rb") as fh:
+                        memo[key] = pickle.load(fh)
+                    return memo[key]
+                except Exception:
+                    pass
         out = fn(*args)
         memo[key] = out
         if path is not None:
@@ -88,45 +108,78 @@ def disk_cached(fn):
     return wrapper
 
 
-_CACHE_VERSION = 3  # bump when a derivation's logic changes
+_CACHE_VERSION = 7  # bump when a derivation's logic changes
 
 
-class _Timeout(BaseException):
+class _OutOfWork(BaseException):
     """A BaseException, so sympy's internal `except Exception` cannot swallow it."""
 
 
+_INTERRUPTIBLE = (os.path.dirname(sympy.__file__), os.path.dirname(mpmath.__file__))
+
+
 @contextlib.contextmanager
-def _time_limit(seconds: float):
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "SIGALRM"
-    ):
-        yield
+def _work_limit(units: float | None):
+    """Count the body's work in generation-0 garbage collections; past
+    `units * WORK_UNIT` of them the body is out of work (`state["out"]`), a
+    deterministic measure, unlike a wall-clock limit (issue 14, defect 2).
+
+    In the main thread the body is also interrupted then (`_OutOfWork` from a
+    SIGALRM handler), but only in a sympy or mpmath frame: a signal landing in a
+    `__del__` or a gc callback, where Python would print and swallow the exception
+    (issue 14, defect 9), is re-sent 1 ms later. The *outcome* does not depend on
+    when the interruption lands: `try_sympy` discards a result finished after the
+    budget ran out."""
+    state = {"count": 0, "out": False}
+    if units is None:
+        yield state
         return
+    tid = threading.get_ident()
+    budget = max(1, int(units * WORK_UNIT))
+    interrupt = threading.current_thread() is threading.main_thread() and hasattr(
+        signal, "SIGALRM"
+    )
+
+    def callback(phase, info):
+        if phase != "stop" or state["out"] or threading.get_ident() != tid:
+            return
+        state["count"] += 1
+        if state["count"] > budget:
+            state["out"] = True
+            if interrupt:
+                signal.setitimer(signal.ITIMER_REAL, 1e-4)
 
     def handler(signum, frame):
-        # Re-arm before raising: if the signal lands inside a callback whose
-        # exceptions Python swallows (e.g. a gc callback, printed as "Exception
-        # ignored in ..."), the limit fires again shortly instead of being lost.
-        # When the raise does propagate, the `finally` below disarms it.
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        raise _Timeout
+        if frame is not None and frame.f_code.co_filename.startswith(_INTERRUPTIBLE):
+            raise _OutOfWork
+        signal.setitimer(signal.ITIMER_REAL, 1e-3)  # not here: try again shortly
 
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    if interrupt:
+        old = signal.signal(signal.SIGALRM, handler)
+    was_enabled = gc.isenabled()
+    gc.enable()  # the count needs the collector (restored below)
+    gc.callbacks.append(callback)
     try:
-        yield
+        yield state
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        gc.callbacks.remove(callback)
+        if not was_enabled:
+            gc.disable()
+        if interrupt:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
 
 
-def try_sympy(fn: Callable[[], sympy.Expr], seconds: float = SYMPY_TIMEOUT):
-    """Run a sympy computation; `None` if it raises or runs out of time."""
+def try_sympy(fn: Callable[[], sympy.Expr], seconds: float | None = SYMPY_TIMEOUT):
+    """Run a sympy computation; `None` if it raises or exceeds its work budget
+    (`seconds` work units, see `SYMPY_TIMEOUT`: counted, not timed; `None`: no
+    budget)."""
     try:
-        with _time_limit(seconds):
-            return fn()
-    except (_Timeout, Exception):
+        with _work_limit(seconds) as state:
+            out = fn()
+    except (_OutOfWork, Exception):
         return None
+    return None if state["out"] else out
 
 
 def _generic_branch(expr):
@@ -306,7 +359,18 @@ class Derivation:
         if not self.closed_form or self.alpha is None:
             return None
         lam = 2 * sympy.log(self.alpha) - sympy.log(self.sigma2)
-        return _simplify(sympy.expand_log(lam, force=True))
+        # `expand_log(force=True)` gives the short forms (VP: -int beta - log(...)),
+        # but it also turns log(u^2) into 2 log(u) where u < 0 (issue 14, defect 3):
+        # keep a rewrite only where it has the value of the definition.
+        for form in (
+            lambda: _simplify(sympy.expand_log(lam, force=True)),
+            lambda: _simplify(sympy.expand_log(lam)),
+            lambda: _simplify(lam),
+        ):
+            out = form()
+            if same_values(lam, out):
+                return out
+        return lam
 
     @functools.cached_property
     def alpha_dot(self):
@@ -318,8 +382,50 @@ class Derivation:
 
 
 def _simplify(expr):
+    """`sympy.simplify`, unless it introduces a `Piecewise` (sympy2jax cannot compile
+    one; e.g. d/dt |u(t)| simplified) or changes the value."""
     out = try_sympy(lambda: sympy.simplify(expr), SYMPY_TIMEOUT / 2)
-    return expr if out is None else out
+    if out is None or (out.has(sympy.Piecewise) and not expr.has(sympy.Piecewise)):
+        return expr
+    return out
+
+
+_PROBE_T = tuple(
+    sympy.Rational(n, d) for n, d in ((1, 7), (1, 2), (6, 7), (3, 2), (5, 1), (40, 1))
+)
+
+
+def same_values(ref: sympy.Expr, form: sympy.Expr) -> bool:
+    """Whether `form` has the value of `ref` (30 digits, relative 1e-12) at probe
+    times in (0, 40] where `ref` is real and finite, with the parameters set to
+    arbitrary positive values (as in `_verified`). A guard against rewrites, such as
+    `expand_log(force=True)`, that are only valid for positive arguments."""
+    if ref == form:
+        return True
+    others = sorted((ref.free_symbols | form.free_symbols) - {t}, key=str)
+    vals = {s: sympy.Rational(7 + 3 * i, 10) for i, s in enumerate(others)}
+    checked = 0
+    with mpmath.workdps(30):
+        for tv in _PROBE_T:
+            at = {**vals, t: tv}
+            try:
+                r = complex(ref.subs(at).evalf(30))
+            except (TypeError, ValueError, ZeroDivisionError):
+                continue
+            if not (cmath_isfinite(r) and abs(r.imag) <= 1e-25 * max(1.0, abs(r.real))):
+                continue
+            try:
+                v = complex(form.subs(at).evalf(30))
+            except (TypeError, ValueError, ZeroDivisionError):
+                return False
+            if not abs(v - r) <= 1e-12 * max(1.0, abs(r)):
+                return False
+            checked += 1
+    return checked > 0 or not ref.has(t)
+
+
+def cmath_isfinite(z: complex) -> bool:
+    return math.isfinite(z.real) and math.isfinite(z.imag)
 
 
 def _linear_part(drift: sympy.Expr) -> tuple[sympy.Expr | None, str]:
@@ -346,15 +452,40 @@ def _complete(d: Derivation) -> Derivation:
     return d
 
 
-@disk_cached
 def derive_from_sde(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
-    """The full derivation from (f, g), cached in memory and on disk."""
+    """The full derivation from (f, g), cached in memory and on disk.
+
+    **Raises:** `ValueError` when `g` is identically zero (no noise, no kernel)."""
+    if _simplify(g**2) == 0:
+        raise ValueError(
+            f"`sf.SDE(drift={drift}, diffusion={g})`: the diffusion is identically 0, "
+            "so the process adds no noise: sigma(t) = 0 for every t, there is no "
+            "Gaussian kernel, no score (grad log p_t) and no prior to sample from. "
+            "Declare a diffusion g(t) > 0 on (0, t1], e.g. diffusion=sqrt(2)."
+        )
+    return _derive_from_sde_cached(drift, g)
+
+
+def derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
+    """The full derivation from (alpha, sigma), cached in memory and on disk.
+
+    **Raises:** `ValueError` when `sigma` is identically zero (no noise)."""
+    if _simplify(sigma) == 0:
+        raise ValueError(
+            f"`sf.Interpolant(alpha={alpha}, sigma={sigma})`: sigma is identically 0, "
+            "so x_t = alpha(t) x0 carries no noise: there is no Gaussian kernel, no "
+            "score and no prior. Declare a sigma(t) > 0 on (0, t1], e.g. sigma=t."
+        )
+    return _derive_from_interpolant_cached(alpha, sigma)
+
+
+@disk_cached
+def _derive_from_sde_cached(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
     return _complete(_derive_from_sde(drift, g))
 
 
 @disk_cached
-def derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
-    """The full derivation from (alpha, sigma), cached in memory and on disk."""
+def _derive_from_interpolant_cached(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
     return _complete(_derive_from_interpolant(alpha, sigma))
 
 
@@ -554,3 +685,141 @@ def compilable(expr) -> bool:
     except (KeyError, TypeError, ValueError, NotImplementedError):
         return False
     return True
+
+
+# --------------------------------------------------------------------------- #
+# The inverse of the log-SNR
+# --------------------------------------------------------------------------- #
+
+LAM = sympy.Symbol("lam", real=True)
+"""The log-SNR variable of `inverse_log_snr`'s result."""
+
+INVERSE_WORK = 6.0
+"""Work units (see `SYMPY_TIMEOUT`) for each `sympy.solve` of the inverse."""
+
+
+def _rationalize_sqrt_differences(expr):
+    """`sqrt(q) - a` as `(q - a^2) / (sqrt(q) + a)`: the quadratic formula's root
+    without the cancellation at small discriminant changes (e.g. VP at t -> 0)."""
+
+    def fix(e):
+        if not isinstance(e, sympy.Add):
+            return e
+        roots = [
+            a for a in e.args if isinstance(a, sympy.Pow) and a.exp == sympy.S.Half
+        ]
+        if len(roots) != 1:
+            return e
+        r = roots[0]
+        rest = e - r
+        return sympy.expand(r.base - rest**2) / (r - rest)
+
+    return expr.replace(lambda e: isinstance(e, sympy.Add), fix)
+
+
+def _inverse_candidates(sol, var):
+    """`sol` (first) and equal rewrites of it, as a list."""
+    out, seen = [], set()
+    forms = [sol]
+    V = sympy.Dummy("V", positive=True)
+
+    def cancel_roots(e):  # e.g. (U - sqrt(U))/(U - 1) -> sqrt(U)/(sqrt(U) + 1)
+        return sympy.cancel(e.xreplace({var: V**2})).xreplace({V: sympy.sqrt(var)})
+
+    for rw in (_simplify, lambda e: sympy.expand_log(e, force=True), cancel_roots):
+        new = try_sympy(lambda: rw(sol), 2.0)
+        if new is not None and same_values(sol.subs(var, t), new.subs(var, t)):
+            forms.append(new)
+    for form in list(forms):
+        rat = try_sympy(lambda: _rationalize_sqrt_differences(form), 2.0)
+        if rat is not None:
+            forms.append(rat)
+    for form in forms:
+        for f in (form, try_sympy(lambda: optimize(form, _STABLE_OPTS), 2.0)):
+            if f is not None and f not in seen:
+                seen.add(f)
+                out.append(f)
+    return out
+
+
+@disk_cached
+def inverse_log_snr(lam_expr: sympy.Expr, subs: tuple, t_range: tuple):
+    r"""The closed-form inverse $t(\lambda)$ of the log-SNR `lam_expr` (a sympy
+    expression in `t`), as a sympy expression in `LAM`, or `None` when sympy finds
+    none within `INVERSE_WORK` (counted, not timed: the same answer on every machine).
+
+    `subs` (parameter values, `((symbol, value), ...)`) and `t_range = (t0, t1)` pick
+    sympy's branch (the one inverting `lam_expr` at interior times) and the most
+    accurate float32 form on the log-SNR range of `[t0, t1]` (measured against
+    30-digit mpmath; e.g. VP's root needs `log1p(exp(-lam))`, not
+    `log((exp(-lam) + 1)**(2 (beta_max - beta_min)))`, which is 0.12% off at DDPM's
+    first timestep). Cached in memory and on disk, like the derivations."""
+    sub = dict(subs)
+    t0, t1 = (float(v) for v in t_range)
+    U = sympy.Dummy("U", positive=True)
+    sols = []
+    # sigma^2/alpha^2 = exp(-lam) = U is usually algebraic in t where lam is not.
+    ratio = _simplify(sympy.exp(-lam_expr))
+    for eq, to_u in (
+        (lambda: sympy.solve(sympy.Eq(ratio, U), t), {}),
+        (lambda: sympy.solve(sympy.Eq(lam_expr, LAM), t), {LAM: -sympy.log(U)}),
+    ):
+        found = try_sympy(eq, INVERSE_WORK)
+        if found:
+            # Stable forms are searched in U = exp(-lam) > 0, where e.g.
+            # log((U + 1)^k) = k log1p(U) is valid; then U = exp(-lam).
+            back = {U: sympy.exp(-LAM)}
+            sols = []
+            for sol in found:
+                forms = [sol.xreplace(to_u)] + _inverse_candidates(
+                    sol.xreplace(to_u), U
+                )
+                if to_u:
+                    forms += _inverse_candidates(sol, LAM)
+                    forms = [sol] + [f.xreplace(back) for f in forms]
+                else:
+                    forms = [f.xreplace(back) for f in forms]
+                sols.append(forms)
+            break
+    if not sols:
+        return None
+    lam_fn = sympy.lambdify(t, lam_expr.subs(sub), modules="mpmath")
+    interior = [t0 + (t1 - t0) * f for f in (0.1, 0.37, 0.63, 0.8)]
+    with mpmath.workdps(30):
+        lams = [lam_fn(mpmath.mpf(tv)) for tv in interior]
+        # The float32 accuracy grid: log-SNR values of times across [t0, t1].
+        ts = np.unique(
+            np.concatenate(
+                [t0 + (t1 - t0) * np.geomspace(1e-6, 1, 25), np.linspace(t0, t1, 17)]
+            )
+        )
+        grid = np.asarray([float(lam_fn(mpmath.mpf(float(tv)))) for tv in ts])
+    best, best_err = None, math.inf
+    for forms in sols:
+        sol = forms[0]
+        fn = sympy.lambdify(LAM, sol.subs(sub), modules="mpmath")
+        try:
+            with mpmath.workdps(30):
+                ok = all(
+                    abs(complex(fn(lv)) - tv) < 1e-9 * max(1.0, t1)
+                    for lv, tv in zip(lams, interior)
+                )
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            ok = False
+        if not ok:
+            continue
+        for form in forms:
+            if form.has(sympy.I) or not compilable(form.xreplace({LAM: t})):
+                continue
+            try:
+                f32 = sympy.lambdify(LAM, form.subs(sub), modules="numpy")
+                with np.errstate(all="ignore"):
+                    val = np.asarray(f32(grid.astype(np.float32)), np.float64)
+                err = np.abs(val - ts) / np.maximum(np.abs(ts), 1e-30)
+                e = float(np.max(np.where(np.isfinite(err), err, 1e30)))
+            except Exception:
+                continue
+            if e < best_err:
+                best, best_err = form, e
+    # A form that is not finite on the whole range (e.g. 0/0 at lam = 0) is no inverse.
+    return best if best_err < 1e-3 else None

@@ -13,6 +13,7 @@ import mpmath
 import numpy as np
 import sympy
 
+from .._warnings import user_stacklevel
 from . import _derive
 from ._log_snr import LOG_SNR_MAX, LOG_SNR_MIN
 
@@ -218,7 +219,7 @@ def analyse(call, fns, params, t0, t1, horizon, mp, gaussian) -> Endpoints:
                 f"KL(p_t1 || prior) = {prior_kl:.3g} per dimension. Samplers started from "
                 "the prior will be biased; increase the noise at t1 (or t1 itself).",
                 PriorMismatchWarning,
-                stacklevel=5,
+                stacklevel=user_stacklevel(),
             )
 
     if t0v < 0:

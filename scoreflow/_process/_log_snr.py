@@ -5,13 +5,11 @@ range)."""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import mpmath
 import numpy as np
 import optimistix as optx
 import sympy
@@ -104,45 +102,24 @@ def closed_form_time(inverse, params, log_snr, lam, t0: float, t1: float):
 _INVERSES: dict = {}
 
 
-def inverse_for(lam, params, param_symbols):
-    """The compiled closed-form inverse of this log-SNR expression, or None. The
-    compiled inverse keeps the parameters symbolic; concrete parameter values are
-    only used (once) to pick sympy's branch, so this also works with traced
-    parameters once found."""
-    if lam in _INVERSES:
-        return _INVERSES[lam]
+def inverse_for(lam, params, param_symbols, t_range):
+    """The compiled closed-form inverse of this log-SNR expression, or None. Derived
+    by `_derive.inverse_log_snr` (the most accurate float32 form on the log-SNR range
+    of `t_range`, cached on disk; the built-ins' ship with scoreflow). The compiled
+    inverse keeps the parameters symbolic; concrete parameter values only pick the
+    branch and the form, so it also works with traced parameters once found."""
+    key = (lam, tuple(float(v) for v in t_range))
+    if key in _INVERSES:
+        return _INVERSES[key]
     try:
         subs = tuple((s, as_number(params[s.name])) for s in param_symbols)
     except Exception:  # traced parameters (inside jit): no branch check possible
         return None
-    _INVERSES[lam] = _inverse_log_snr(lam, subs)
-    return _INVERSES[lam]
-
-
-@functools.lru_cache(maxsize=128)
-def _inverse_log_snr(lam, subs):
-    """Closed-form inverse of the log-SNR (computed on first use, cached), or None."""
-    L = sympy.Symbol("lam", real=True)
-    sols = _derive.try_sympy(lambda: sympy.solve(sympy.Eq(lam, L), _derive.t), 3.0)
-    if not sols:
-        return None
-    sub = dict(subs)
-    lam_fn = sympy.lambdify(_derive.t, lam.subs(sub), modules="mpmath")
-    for sol in sols:
-        sol = _derive._simplify(sol)  # e.g. removes 0/0 at lam = 0
-        # Keep the branch that inverts lam at a few interior times (incl. the middle).
-        fn = sympy.lambdify(L, sol.subs(sub), modules="mpmath")
-        try:
-            ok = all(
-                abs(complex(fn(lam_fn(mpmath.mpf(tv)))) - tv) < 1e-9
-                for tv in (0.1, 0.37, 0.5, 0.8)
-            )
-        except (TypeError, ValueError, ZeroDivisionError):
-            ok = False
-        if ok:
-            # The inverse is an expression in lam; compile it with lam named "t".
-            return Expr(sol.xreplace({L: _derive.t}))
-    return None
+    inv = _derive.inverse_log_snr(lam, subs, key[1])
+    _INVERSES[key] = (
+        None if inv is None else Expr(inv.xreplace({_derive.LAM: _derive.t}))
+    )
+    return _INVERSES[key]
 
 
 def as_number(v):
