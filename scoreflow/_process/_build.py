@@ -155,7 +155,15 @@ def build_numeric(*, call: str, fns: dict, gaussian_reason: str, t0, t1) -> Buil
 
 def _finish(call, d, param_symbols, params, fns, t0, t1, horizon, mp) -> Built:
     gaussian = "alpha" in fns or "moments" in fns
-    ep = _endpoints.analyse(call, fns, params, t0, t1, horizon, mp, gaussian)
+    try:
+        ep = _endpoints.analyse(call, fns, params, t0, t1, horizon, mp, gaussian)
+    except ValueError as e:
+        # Name the root cause first: an endpoint that cannot be placed is often a
+        # schedule whose implied g^2 is negative (e.g. sigma shrinking too fast).
+        if mp is not None and "g2" in mp:
+            _validate.check_g2(call, d, mp["g2"], _validate.interior(horizon))
+        raise e
+
     _validate.validate(call, d, fns, params, ep.t0, ep.t1, gaussian, mp)
     info = Info(
         call=call,

@@ -19,6 +19,12 @@ from ._endpoints import to_float
 from ._log_snr import as_number
 
 
+def interior(horizon):
+    """A grid strictly inside (0, horizon), where every coefficient of a declaration
+    is meant to be regular."""
+    return _grid(0.0, horizon)[1:-1]
+
+
 def _grid(t0, t1):
     span = t1 - t0
     near = np.geomspace(1e-6, 1e-1, 21) * span
@@ -36,7 +42,7 @@ def validate(call, d, fns, params, t0, t1, gaussian, mp):
         _validate_state_dependent(call, fns, params, grid)
         return
     if mp is not None and "g2" in mp:
-        _check_g2(call, d, mp["g2"], grid)
+        check_g2(call, d, mp["g2"], grid)
     to32 = lambda leaf: leaf.astype(jnp.float32) if eqx.is_inexact_array(leaf) else leaf
     fns32, params32 = jtu.tree_map(to32, (fns, params))
     ts = jnp.asarray(grid, jnp.float32)
@@ -112,7 +118,7 @@ def _validate_state_dependent(call, fns, params, grid):
                 )
 
 
-def _check_g2(call, d, g2_expr, grid):
+def check_g2(call, d, g2_expr, grid):
     """Exact (30-digit) evaluation: a negative value is a proof that g^2 < 0."""
     fn = sympy.lambdify(_derive.t, g2_expr, modules="mpmath")
     with mpmath.workdps(30):

@@ -15,6 +15,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._predictor import AbstractPredictor, Predictor, to_hub
 
@@ -114,6 +115,15 @@ def cfg(
             "`sf.cfg(predictor, scale)` takes exactly one of scale= (1 means no "
             "guidance) and weight= (Ho & Salimans' w, 0 means no guidance; scale = 1 + "
             f"w), got scale={scale!r}, weight={weight!r}."
+        )
+    given = ("scale", scale) if weight is None else ("weight", weight)
+    concrete = (
+        np.asarray(given[1]) if not isinstance(given[1], jax.core.Tracer) else None
+    )
+    if concrete is not None and not np.all(np.isfinite(concrete)):
+        raise ValueError(
+            f"`sf.cfg(predictor, {given[0]}={given[1]!r})`: the guidance {given[0]} must "
+            "be finite (NaN or inf would make every guided sample NaN)."
         )
     if weight is not None:
         scale = (
