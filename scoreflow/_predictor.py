@@ -25,6 +25,17 @@ PREDICTIONS = ("score", "eps", "x0", "velocity", "v")
 PredictionType = Literal["score", "eps", "x0", "velocity", "v"]
 
 
+def check_output_shape(out, x, where: str) -> None:
+    """A model's output must be shaped like its (unbatched) input `x`."""
+    if jnp.shape(out) != jnp.shape(x):
+        raise ValueError(
+            f"`{where}`: the model returned shape {jnp.shape(out)} for one example x of "
+            f"shape {jnp.shape(x)}; model(t, x) must return an array shaped like x (it "
+            "is called on one unbatched example; scoreflow vmaps). Check the model's "
+            "output layer, or the `shape=` passed to sf.sample."
+        )
+
+
 def check_prediction(prediction: str, call: str) -> str:
     if prediction not in PREDICTIONS:
         raise ValueError(
@@ -252,12 +263,18 @@ class Predictor(AbstractPredictor):
         self.null_cond = null_cond
 
     def raw(self, t, x, cond=None):
-        """The network's own output (no conversion)."""
+        """The network's own output (no conversion).
+
+        **Raises:** `ValueError` (at trace time) if it is not shaped like `x`."""
         if cond is None:
             if self.null_cond is None:
-                return self.model(t, x)
-            return self.model(t, x, self.null_cond)
-        return self.model(t, x, cond)
+                out = self.model(t, x)
+            else:
+                out = self.model(t, x, self.null_cond)
+        else:
+            out = self.model(t, x, cond)
+        check_output_shape(out, x, "sf.Predictor")
+        return out
 
     def hub(self, t, x, cond=None):
         r"""The pair $(\hat x_0, \hat\varepsilon)$."""

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from .._predictor import check_output_shape
 from .._process import AbstractProcess
 
 DATA_SCALE_TOLERANCE = 2.0
@@ -96,7 +97,9 @@ def as_float_data(x0):
 
 
 def call_model(model, t, x, cond):
-    return model(t, x) if cond is None else model(t, x, cond)
+    out = model(t, x) if cond is None else model(t, x, cond)
+    check_output_shape(out, x, "loss")
+    return out
 
 
 def drop_labels(key, cond, p: float, null_cond):
