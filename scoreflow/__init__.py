@@ -128,6 +128,22 @@ from ._bridge import (
     transport as transport,
 )
 
+# --- one- and few-step generation (issue 17) ---
+from ._distill import (
+    AbstractFewStepModel as AbstractFewStepModel,
+    consistency_loss as consistency_loss,
+    ConsistencyLoss as ConsistencyLoss,
+    ConsistencyModel as ConsistencyModel,
+    few_step_sample as few_step_sample,
+    meanflow_loss as meanflow_loss,
+    MeanFlowLoss as MeanFlowLoss,
+    MeanFlowMLP as MeanFlowMLP,
+    MeanFlowModel as MeanFlowModel,
+    meanflow_target as meanflow_target,
+    progressive_loss as progressive_loss,
+    ProgressiveLoss as ProgressiveLoss,
+)
+
 
 def __getattr__(name):
     # `scoreflow.testing` needs hypothesis, a dev dependency: import it on first use
