@@ -33,6 +33,7 @@ CASES = [
     pytest.param("bridge_2d.py", ["bridge_2d.png"], id="bridge_2d"),
     pytest.param("learned_schedule.py", ["learned_schedule.png"], id="learned_schedule"),
     pytest.param("double_well.py", ["double_well.png"], id="double_well"),
+    pytest.param("one_step_2d.py", ["one_step_2d.png"], id="one_step_2d"),
 ]
 
 
