@@ -77,10 +77,10 @@ def main():
     students = {
         "consistency distillation": fit(
             sf.consistency_loss(process, teacher=teacher, solver=diffrax.Heun(),
-                                steps=32),
+                                steps=16),
             sf.ConsistencyModel(mlp(ks[2]), process), ks[3]),
         "consistency training": fit(
-            sf.consistency_loss(process, steps=32),
+            sf.consistency_loss(process, steps=16),
             sf.ConsistencyModel(mlp(ks[4]), process), ks[5]),
         "MeanFlow": fit(
             sf.meanflow_loss(process),
