@@ -270,3 +270,17 @@ def test_consistency_sampler_one_step_is_deterministic_and_multistep_renoises(ge
     d = sf.few_step_sample(getkey(), p, f, (2,), num=4, noise=noise, steps=2)
     assert not np.allclose(c, d)  # fresh noise between the two jumps
     assert np.all(info["nfe"] == 2)
+
+
+def test_training_leaves_the_declared_process_alone(getkey):
+    # sf.train.fit trains every inexact array of the model; a declared process keeps
+    # its sympy constants as leaves, and the parametrisation must not move them.
+    p = sf.SDE(-1.5 * sf.sympy.exp(2 * sf.t) * sf.x, 2 * sf.sympy.exp(sf.t), t0=1e-4)
+    assert jax.tree.leaves(eqx.filter(p, eqx.is_inexact_array))  # it has leaves
+    f = sf.ConsistencyModel(sf.nets.MLP(2, width=8, depth=1, key=getkey()), p)
+    x0 = jr.normal(getkey(), (8, 2))
+    grads = eqx.filter_grad(sf.consistency_loss(p, steps=4, check_scale=False))(
+        f, x0, getkey())
+    for g in jax.tree.leaves(eqx.filter(grads.process, eqx.is_inexact_array)):
+        assert np.all(g == 0)
+    assert any(np.any(g != 0) for g in jax.tree.leaves(grads.net))

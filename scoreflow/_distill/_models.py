@@ -11,6 +11,7 @@ import abc
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from equinox import AbstractVar
@@ -24,6 +25,14 @@ def _sigma_data(process, sigma_data, call):
     if not sd > 0:
         raise ValueError(f"`{call}(sigma_data=...)` must be > 0, got sigma_data={sd!r}.")
     return sd
+
+
+def frozen(process):
+    """`process` with gradients stopped at its array leaves: a parametrisation must not
+    train the process (`sf.train.fit` trains every inexact array of the model, and a
+    declared process keeps its sympy constants as leaves)."""
+    arrays, rest = eqx.partition(process, eqx.is_array)
+    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
 
 
 def _call(net, t, x, cond):
@@ -88,7 +97,7 @@ class ConsistencyModel(AbstractFewStepModel):
 
     def coefficients(self, t):
         r"""`(c_skip, c_out, c_in)` at time `t`; `c_in` multiplies $x$ (not $x/\alpha$)."""
-        p, sd = self.process, self.sigma_data
+        p, sd = frozen(self.process), self.sigma_data
         t = jnp.asarray(t)
         t0 = jnp.asarray(p.t0, t.dtype)
         a, s, a0 = p.alpha(t), p.sigma(t), p.alpha(t0)
@@ -111,7 +120,7 @@ class ConsistencyModel(AbstractFewStepModel):
         declared kernel: $y = f(t, x)$, $\hat x_0 = y/\alpha(t_0)$, then
         $x_r = \alpha(r)\hat x_0 + \sqrt{\sigma(r)^2 - \alpha(r)^2\tilde\sigma(t_0)^2}\,z$
         (total noise variance $\sigma(r)^2$; no noise when $r = t_0$)."""
-        p = self.process
+        p = frozen(self.process)
         y = self(t, x)
         r = jnp.asarray(r, y.dtype)
         t0 = jnp.asarray(p.t0, y.dtype)
