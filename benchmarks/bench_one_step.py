@@ -50,9 +50,9 @@ def make_process(name):
     if name == "rf":
         return sf.RectifiedFlow()
     # not VP-like: time-inhomogeneous exponential drift, prior std ~1.15. t0 = 1e-4
-    # (sigma(t0) = 0.02) rather than the derived 2.5e-7: below it sigma' ~ t^(-1/2)
-    # makes the teacher's PF-ODE stiff, and float32 consistency distillation with the
-    # default t0 diverged (NaN loss at step 587 with the first settings tried).
+    # (sigma(t0) = 0.02) rather than the derived 2.5e-7, where sigma' ~ t^(-1/2) makes
+    # the teacher's PF-ODE stiff. (The NaN losses first seen here came from training
+    # the process's sympy constants, fixed in sf.ConsistencyModel; see the docs.)
     return sf.SDE(-1.5 * sf.sympy.exp(2 * sf.t) * sf.x, 2 * sf.sympy.exp(sf.t), t0=1e-4)
 
 
