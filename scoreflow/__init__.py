@@ -109,6 +109,18 @@ from ._bridge import (
     transport as transport,
 )
 
+# --- one- and few-step generation (issue 17) ---
+from ._distill import (
+    AbstractFewStepModel as AbstractFewStepModel,
+    consistency_loss as consistency_loss,
+    ConsistencyModel as ConsistencyModel,
+    few_step_sample as few_step_sample,
+    meanflow_loss as meanflow_loss,
+    MeanFlowMLP as MeanFlowMLP,
+    MeanFlowModel as MeanFlowModel,
+    progressive_loss as progressive_loss,
+)
+
 
 from . import internal as internal
 

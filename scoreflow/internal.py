@@ -47,6 +47,12 @@ from ._loss import (
     simulate_forward as simulate_forward,
 )
 from ._bridge import BridgeLoss as BridgeLoss
+from ._distill import (
+    ConsistencyLoss as ConsistencyLoss,
+    MeanFlowLoss as MeanFlowLoss,
+    ProgressiveLoss as ProgressiveLoss,
+    meanflow_target as meanflow_target,
+)
 
 # --- dynamics, sampling, guidance ---
 from ._sampling import (

@@ -35,6 +35,7 @@ CASES = [
         "learned_schedule.py", ["learned_schedule.png"], id="learned_schedule"
     ),
     pytest.param("double_well.py", ["double_well.png"], id="double_well"),
+    pytest.param("one_step_2d.py", ["one_step_2d.png"], id="one_step_2d"),
 ]
 
 

@@ -1,0 +1,120 @@
+"""Few-step sampling with a consistency or MeanFlow model (a sibling of `sf.sample`)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from .._sampling import check_time_grid, uniform_grid
+from ._models import AbstractFewStepModel
+
+
+@eqx.filter_jit
+def _run(keys, model, grid, noise):
+    dtype = grid.dtype
+
+    def one(key, x):
+        _, jkey = jr.split(key)
+        jkeys = jr.split(jkey, grid.shape[0] - 1)
+
+        def body(x, inp):
+            k, t, r = inp
+            return model.jump(k, t, r, x).astype(dtype), None
+
+        x, _ = jax.lax.scan(body, x.astype(dtype), (jkeys, grid[:-1], grid[1:]))
+        return x
+
+    return jax.vmap(one)(keys, noise)
+
+
+def few_step_sample(
+    key,
+    process,
+    model: AbstractFewStepModel,
+    shape: tuple[int, ...],
+    *,
+    num: int,
+    steps: int | None = None,
+    time_grid=None,
+    noise=None,
+    return_info: bool = False,
+):
+    r"""Draw `num` samples with a one- or few-step generator
+    ([`scoreflow.ConsistencyModel`][] or [`scoreflow.MeanFlowModel`][]): start from
+    $\sigma(\tau_0)z$ at $\tau_0$ (default $t_1$) and apply `model.jump` from each
+    grid time to the next, down to $t_0$ ($t = 0$ is data). A consistency model
+    re-injects fresh kernel noise between its jumps (multistep consistency
+    sampling); a MeanFlow model steps $x_r = x_t - (t - r)\,u(t, r, x_t)$. One
+    network evaluation per step.
+
+    **Arguments:**
+
+    - `key`: one PRNG key; sample $i$ uses `jax.random.fold_in(key, i)` and draws its
+      initial noise as [`scoreflow.sample`][] does, so the two compare path by path
+      from the same `key`.
+    - `process`: the process the model was built on (must equal `model.process`).
+    - `model`: an `sf.ConsistencyModel` or `sf.MeanFlowModel`.
+    - `shape`, `num`: the shape of one sample and the number of samples.
+    - `steps` or `time_grid` (at most one; default `steps=1`): `steps` gives
+      [`scoreflow.uniform_grid`][]`(process, steps)`; `time_grid` is any strictly
+      decreasing array of times.
+    - `noise`: the initial points, shape `(num, *shape)` (default from `key`).
+    - `return_info`: also return `info` with `nfe` and `num_steps` per sample and
+      the grid `ts`, as `sf.sample(..., return_info=True)` does.
+
+    **Returns:** an array `(num, *shape)`, or `(samples, info)`.
+
+    ```python
+    xs, info = sf.few_step_sample(key, p, f, (2,), num=1000, steps=2, return_info=True)
+    ```
+    """
+    call = "sf.few_step_sample"
+    if not isinstance(model, AbstractFewStepModel):
+        raise TypeError(
+            f"`{call}`: the model must be an `sf.ConsistencyModel` or "
+            f"`sf.MeanFlowModel`, got {type(model).__name__}. For a diffusion or flow "
+            "model (an `sf.Predictor`) use `sf.sample`."
+        )
+    if not eqx.tree_equal(process, model.process):
+        raise ValueError(
+            f"`{call}`: the process {process!r} differs from the model's "
+            f"{model.process!r}; sample on the process the model was trained on."
+        )
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"`{call}(num=...)` must be a Python int >= 1, got {num!r}.")
+    if steps is not None and time_grid is not None:
+        raise ValueError(f"`{call}`: pass either steps= or time_grid=, not both.")
+    dtype = jnp.result_type(float)
+    if time_grid is None:
+        grid = uniform_grid(process, 1 if steps is None else steps)
+    else:
+        grid = check_time_grid(time_grid, process, call=f"{call}(time_grid=...)")
+    grid = jnp.asarray(grid, dtype)
+    shape = tuple(int(s) for s in shape)
+    keys = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(num))
+    if noise is None:
+
+        def initial(k):
+            nkey, _ = jr.split(k)
+            return process.sigma(grid[0]) * jr.normal(nkey, shape, dtype)
+
+        noise = jax.vmap(initial)(keys)
+    else:
+        noise = jnp.asarray(noise, dtype)
+        if noise.shape != (num, *shape):
+            raise ValueError(
+                f"`{call}(noise=...)` must have shape (num, *shape) = {(num, *shape)}, "
+                f"got {noise.shape}."
+            )
+    xs = _run(keys, model, grid, noise)
+    if not return_info:
+        return xs
+    n = grid.shape[0] - 1
+    info = {
+        "nfe": jnp.full((num,), n, jnp.int32),
+        "num_steps": jnp.full((num,), n, jnp.int32),
+        "ts": grid,
+    }
+    return xs, info
