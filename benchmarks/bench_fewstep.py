@@ -132,11 +132,6 @@ def configs(vp, pred, pp, nfe, opt):
                 time_grid=sf.diffusers_grid(vp, nfe, spacing="trailing"),
             ),
         ),
-        "VP UniPC-2 bh2, EDM rho=7": (
-            vp,
-            pred,
-            dict(solver=sf.UniPC(2), time_grid=sf.edm_grid(vp, nfe)),
-        ),
         "VP iPNDM, EDM rho=7": (
             vp,
             pred,
@@ -168,11 +163,6 @@ def configs(vp, pred, pp, nfe, opt):
                 denoise=True,
             ),
         ),
-        "straight Midpoint, EDM rho=7": (
-            rf,
-            pp,
-            dict(solver=diffrax.Midpoint(), time_grid=sf.edm_grid(rf, half)),
-        ),
         "straight UniPC-2, uniform u": (
             rf,
             pp,
@@ -181,7 +171,12 @@ def configs(vp, pred, pp, nfe, opt):
     }
     for name, val in opt.items():
         c[name] = val
+    d = sf.default_sampler(vp, nfe)
+    c[f"sf.default_sampler: {d.label}"] = ("default", d, {})
     return c
+
+
+ITERS = 100
 
 
 def optimised(key, vp, pred, pp, nfe, shape, pilot):
@@ -198,6 +193,7 @@ def optimised(key, vp, pred, pp, nfe, shape, pilot):
         solver=sf.UniPC(2),
         shape=shape,
         num=pilot,
+        iters=ITERS,
         init=sf.log_snr_grid(vp, nfe),
     )
     out["VP UniPC-2 bh2, optimised"] = (vp, pred, dict(solver=sf.UniPC(2), time_grid=g))
@@ -209,6 +205,7 @@ def optimised(key, vp, pred, pp, nfe, shape, pilot):
         solver=sf.UniPC(3),
         shape=shape,
         num=pilot,
+        iters=ITERS,
         init=sf.log_snr_grid(vp, nfe),
     )
     out["VP UniPC-3 bh2, optimised"] = (
@@ -224,6 +221,7 @@ def optimised(key, vp, pred, pp, nfe, shape, pilot):
         solver=diffrax.Midpoint(),
         shape=shape,
         num=pilot,
+        iters=ITERS,
         init=sf.uniform_grid(rf, half),
     )
     out["straight Midpoint, optimised"] = (
@@ -260,9 +258,12 @@ def run(problem, gm, num, nfes, pilot, only=None):
         for name, (proc, pr, kw) in configs(vp, pred, pp, nfe, opt).items():
             if only and not any(o in name for o in only):
                 continue
-            xs, info = sf.sample(
-                jr.key(0), proc, pr, shape, num=num, return_info=True, **kw
-            )
+            if proc == "default":  # pr is a SamplerConfig
+                xs, info = pr.sample(jr.key(0), pred, shape, num=num, return_info=True)
+            else:
+                xs, info = sf.sample(
+                    jr.key(0), proc, pr, shape, num=num, return_info=True, **kw
+                )
             m = metrics(gm, xs, nll_data)
             m["nfe"] = int(info["nfe"][0])
             results.setdefault(name, {})[nfe] = m

@@ -119,11 +119,13 @@ from ._sampling import (
     IPNDM as IPNDM,
     LMS as LMS,
     UniPC as UniPC,
+    default_sampler as default_sampler,
     denoise_grid as denoise_grid,
     diffusers_grid as diffusers_grid,
     optimised_grid as optimised_grid,
     on_path as on_path,
     PathPredictor as PathPredictor,
+    SamplerConfig as SamplerConfig,
     straight_path as straight_path,
 )
 

@@ -1,5 +1,9 @@
 """Reverse-time dynamics, samplers and guidance."""
 
+from ._defaults import (
+    SamplerConfig as SamplerConfig,
+    default_sampler as default_sampler,
+)
 from ._dynamics import (
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,

@@ -1,0 +1,129 @@
+r"""The measured default sampler for a process and an NFE budget (issue 13).
+
+`default_sampler(process, steps)` is pure: it returns a [`scoreflow.SamplerConfig`][]
+naming the path, solver, grid and final denoise that `benchmarks/bench_fewstep.py`
+measured best with a fixed grid (table in `docs/concepts/samplers.md`):
+
+- every process with a scalar Gaussian kernel: its equivalent straight path
+  ([`scoreflow.straight_path`][], exact), `diffrax.Midpoint()`, a grid uniform in the
+  path time $u$; for budgets of at most 8 evaluations the last step is replaced by a
+  Tweedie denoise ([`scoreflow.denoise_grid`][]), so an odd budget is used fully;
+- anything else (matrix linear SDEs, processes without a kernel): `diffrax.Heun()`
+  on the uniform grid, as before.
+
+`steps` is the budget of model evaluations (NFE); the configuration never uses more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+
+from .._process._linear import AbstractLinearProcess
+from ._grids import _check_steps, denoise_grid, uniform_grid
+from ._paths import on_path, straight_path
+
+# Budgets up to this use the final Tweedie denoise (measured on problems A and B).
+_DENOISE_UP_TO = 8
+
+
+class SamplerConfig(eqx.Module):
+    r"""A named sampling configuration (what [`scoreflow.default_sampler`][] returns):
+    the path to integrate along, the solver, the time grid (data: in the path's time)
+    and the final denoise.
+
+    **Fields:** `path` (`"straight"` or `"native"`), `process` (the process integrated:
+    the straight path or the original), `solver`, `time_grid` (strictly decreasing),
+    `denoise` (bool), `nfe` (evaluations it makes), `label` (one line for `info`).
+    """
+
+    path: str = eqx.field(static=True)
+    process: Any
+    solver: Any
+    time_grid: Any
+    denoise: bool = eqx.field(static=True)
+    nfe: int = eqx.field(static=True)
+    label: str = eqx.field(static=True)
+
+    def predictor_for(self, predictor):
+        """The predictor to integrate with: `predictor` read along the path."""
+        return (
+            on_path(predictor, self.process) if self.path == "straight" else predictor
+        )
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of `sf.sample` for this configuration."""
+        return dict(solver=self.solver, time_grid=self.time_grid, denoise=self.denoise)
+
+    def sample(self, key, predictor, shape, *, num: int, **kwargs):
+        r"""`sf.sample` with this configuration; the samples are returned in the
+        predictor's own coordinates (for the straight path, mapped back exactly from
+        the path's end point, unless the final denoise already gives $\hat x_0$).
+        `kwargs` go to `sf.sample` (e.g. `return_info=True`)."""
+        from ._sample import sample
+
+        pred = self.predictor_for(predictor)
+        out = sample(key, self.process, pred, shape, num=num, **self.kwargs(), **kwargs)
+        xs, info = out if isinstance(out, tuple) else (out, None)
+        if self.path == "straight" and not self.denoise:
+            xs = xs / pred.scale(self.time_grid[-1]).astype(xs.dtype)
+        return xs if info is None else (xs, info)
+
+
+def default_sampler(process, steps: int) -> SamplerConfig:
+    r"""The default sampling configuration for `process` with a budget of `steps`
+    model evaluations (see the module docstring and `docs/concepts/samplers.md`).
+
+    **Arguments:** `process`; `steps`, the NFE budget (a Python int $\ge 1$).
+
+    **Returns:** a [`scoreflow.SamplerConfig`][].
+
+    ```python
+    cfg = sf.default_sampler(sf.VP(), 5)   # straight path, 2 Midpoint steps + denoise
+    xs = cfg.sample(key, pred, (2,), num=1000)
+    ```
+    """
+    n = _check_steps("sf.default_sampler", steps)
+    scalar = (
+        getattr(process, "has_gaussian_kernel", True)
+        and hasattr(process, "t_from_log_snr")
+        and not isinstance(process, AbstractLinearProcess)
+    )
+    if not scalar or n < 2:
+        k = max(n // 2, 1)
+        return SamplerConfig(
+            path="native",
+            process=process,
+            solver=diffrax.Heun() if n >= 2 else diffrax.Euler(),
+            time_grid=uniform_grid(process, k),
+            denoise=False,
+            nfe=2 * k if n >= 2 else 1,
+            label=f"native path, {'Heun' if n >= 2 else 'Euler'}, uniform t, {k} steps",
+        )
+    rf = straight_path(process)
+    if n <= _DENOISE_UP_TO:
+        k = (n - 1) // 2
+        if k >= 1:
+            grid = denoise_grid(rf, k)
+            return SamplerConfig(
+                path="straight",
+                process=rf,
+                solver=diffrax.Midpoint(),
+                time_grid=jnp.asarray(grid),
+                denoise=True,
+                nfe=2 * k + 1,
+                label=f"straight path, Midpoint, uniform u, {k} steps + denoise",
+            )
+    k = n // 2
+    return SamplerConfig(
+        path="straight",
+        process=rf,
+        solver=diffrax.Midpoint(),
+        time_grid=uniform_grid(rf, k),
+        denoise=False,
+        nfe=2 * k,
+        label=f"straight path, Midpoint, uniform u, {k} steps",
+    )
