@@ -383,3 +383,35 @@ def test_jit_and_vmap_of_a_path_predictor():
     xs = jnp.ones((4, 2))
     out = jax.jit(jax.vmap(pp.velocity, in_axes=(None, 0)))(jnp.asarray(0.5), xs)
     assert out.shape == (4, 2) and bool(jnp.all(jnp.isfinite(out)))
+
+
+# --------------------------------------------------------------------------- #
+# Defaults
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 6, 10, 20])
+def test_default_sampler_stays_within_the_budget(budget):
+    cfg = sf.default_sampler(sf.VP(), budget)
+    assert 1 <= cfg.nfe <= budget and budget - cfg.nfe <= 1
+    assert np.all(np.diff(np.asarray(cfg.time_grid)) < 0)
+    assert cfg.denoise == (cfg.path == "straight" and budget <= 8 and budget >= 3)
+
+
+def test_default_sampler_native_for_matrix_processes():
+    cfg = sf.default_sampler(sf.CLD(), 10)
+    assert cfg.path == "native" and isinstance(cfg.solver, diffrax.Heun)
+
+
+@pytest.mark.parametrize("budget", [5, 10])
+def test_default_sampler_samples_the_data(budget):
+    """Counted NFE equals the configuration's, and 4000 samples match the mixture's
+    moments (exact-sample FD at this size ~5e-3)."""
+    p, gm, pred = setup()
+    cfg = sf.default_sampler(p, budget)
+    xs, info = cfg.sample(jr.key(4), pred, (2,), num=4000, return_info=True)
+    assert int(info["nfe"][0]) == cfg.nfe
+    fd = sf.metrics.frechet_distance_gaussians(
+        jnp.mean(xs, 0), jnp.cov(xs.T), gm.mean(), gm.cov()
+    )
+    assert fd < 0.05, fd
