@@ -179,65 +179,75 @@ def configs(vp, pred, pp, nfe, opt):
 ITERS = 100
 
 
-def optimised(key, vp, pred, pp, nfe, shape, pilot):
+def optimised(
+    key, vp, pred, pp, nfe, shape, pilot, which=("unipc2", "unipc3", "midpoint")
+):
     """Optimised grids for the solvers that matter at few steps."""
     rf = pp.process
     half = max(nfe // 2, 1)
     out = {}
     t = time.perf_counter()
-    g = sf.optimised_grid(
-        key,
-        vp,
-        pred,
-        nfe,
-        solver=sf.UniPC(2),
-        shape=shape,
-        num=pilot,
-        iters=ITERS,
-        init=sf.log_snr_grid(vp, nfe),
-    )
-    out["VP UniPC-2 bh2, optimised"] = (vp, pred, dict(solver=sf.UniPC(2), time_grid=g))
-    g3 = sf.optimised_grid(
-        key,
-        vp,
-        pred,
-        nfe,
-        solver=sf.UniPC(3),
-        shape=shape,
-        num=pilot,
-        iters=ITERS,
-        init=sf.log_snr_grid(vp, nfe),
-    )
-    out["VP UniPC-3 bh2, optimised"] = (
-        vp,
-        pred,
-        dict(solver=sf.UniPC(3), time_grid=g3),
-    )
-    gm_ = sf.optimised_grid(
-        key,
-        rf,
-        pp,
-        half,
-        solver=diffrax.Midpoint(),
-        shape=shape,
-        num=pilot,
-        iters=ITERS,
-        init=sf.uniform_grid(rf, half),
-    )
-    out["straight Midpoint, optimised"] = (
-        rf,
-        pp,
-        dict(solver=diffrax.Midpoint(), time_grid=gm_),
-    )
+    g = None
+    if "unipc2" in which:
+        g = sf.optimised_grid(
+            key,
+            vp,
+            pred,
+            nfe,
+            solver=sf.UniPC(2),
+            shape=shape,
+            num=pilot,
+            iters=ITERS,
+            init=sf.log_snr_grid(vp, nfe),
+        )
+        out["VP UniPC-2 bh2, optimised"] = (
+            vp,
+            pred,
+            dict(solver=sf.UniPC(2), time_grid=g),
+        )
+    if "unipc3" in which:
+        g3 = sf.optimised_grid(
+            key,
+            vp,
+            pred,
+            nfe,
+            solver=sf.UniPC(3),
+            shape=shape,
+            num=pilot,
+            iters=ITERS,
+            init=sf.log_snr_grid(vp, nfe),
+        )
+        out["VP UniPC-3 bh2, optimised"] = (
+            vp,
+            pred,
+            dict(solver=sf.UniPC(3), time_grid=g3),
+        )
+    if "midpoint" in which:
+        gm_ = sf.optimised_grid(
+            key,
+            rf,
+            pp,
+            half,
+            solver=diffrax.Midpoint(),
+            shape=shape,
+            num=pilot,
+            iters=ITERS,
+            init=sf.uniform_grid(rf, half),
+        )
+        out["straight Midpoint, optimised"] = (
+            rf,
+            pp,
+            dict(solver=diffrax.Midpoint(), time_grid=gm_),
+        )
     print(
         f"  optimised grids for NFE {nfe} in {time.perf_counter() - t:.1f}s: "
-        f"UniPC-2 {np.round(np.asarray(g), 4).tolist()}",
+        f"UniPC-2 {None if g is None else np.round(np.asarray(g), 4).tolist()}",
         flush=True,
     )
     return out
 
 
-def run(problem, gm, num, nfes, pilot, only=None):
+def run(problem, gm, num, nfes, pilot, only=None, opt_nfe=(5, 10), which=None):
     vp = sf.VP()
     pred = sf.Predictor(gm.eps(vp), vp, prediction="eps")
     pp = sf.on_path(pred)
@@ -254,7 +264,12 @@ def run(problem, gm, num, nfes, pilot, only=None):
     )
     results = {}
     for nfe in nfes:
-        opt = optimised(jr.key(7), vp, pred, pp, nfe, shape, pilot) if nfe <= 10 else {}
+        kw = {} if which is None else dict(which=which)
+        opt = (
+            optimised(jr.key(7), vp, pred, pp, nfe, shape, pilot, **kw)
+            if nfe in opt_nfe
+            else {}
+        )
         for name, (proc, pr, kw) in configs(vp, pred, pp, nfe, opt).items():
             if only and not any(o in name for o in only):
                 continue
@@ -309,14 +324,36 @@ def main():
     ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--only-problem", choices=("A", "B"), default=None)
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--opt-nfe", type=int, nargs="*", default=[5, 10])
+    ap.add_argument(
+        "--opt", nargs="*", default=None, help="subset of: unipc2 unipc3 midpoint"
+    )
     args = ap.parse_args()
     print(f"devices: {jax.devices()}, float32")
     out = []
     if args.only_problem in (None, "A"):
-        r, f = run("A", problem_a(), args.num_a, args.nfe, args.pilot, args.only)
+        r, f = run(
+            "A",
+            problem_a(),
+            args.num_a,
+            args.nfe,
+            args.pilot,
+            args.only,
+            args.opt_nfe,
+            args.opt,
+        )
         out.append(table("A", r, f, args.nfe, True))
     if args.only_problem in (None, "B"):
-        r, f = run("B", problem_b(), args.num_b, args.nfe, args.pilot, args.only)
+        r, f = run(
+            "B",
+            problem_b(),
+            args.num_b,
+            args.nfe,
+            args.pilot,
+            args.only,
+            args.opt_nfe,
+            args.opt,
+        )
         out.append(table("B", r, f, args.nfe, False))
     print("\n".join(out))
 
