@@ -390,7 +390,7 @@ def test_default_sampler_stays_within_the_budget(budget):
     cfg = sf.default_sampler(sf.VP(), budget)
     assert 1 <= cfg.nfe <= budget and budget - cfg.nfe <= 1
     assert np.all(np.diff(np.asarray(cfg.time_grid)) < 0)
-    assert cfg.denoise == (cfg.path == "straight" and budget <= 8 and budget >= 3)
+    assert not cfg.denoise and cfg.path == ("straight" if budget >= 2 else "native")
 
 
 def test_default_sampler_native_for_matrix_processes():

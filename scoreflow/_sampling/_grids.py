@@ -246,7 +246,10 @@ def denoise_grid(process: AbstractProcess, steps: int) -> Float[Array, " steps+1
 def _grid_from_logits(process, theta, lam_start, lam_end, t_start, t_end):
     """Strictly decreasing times from unconstrained logits: increments of the
     log-SNR are a softmax (all > 0), endpoints exact."""
-    frac = jnp.cumsum(jax.nn.softmax(theta))[:-1]
+    # every increment at least 1%/N of the range, so no two times collide in
+    # float32 (a collision would fail `sf.sample`'s grid check inside the gradient)
+    k = theta.shape[0]
+    frac = jnp.cumsum(0.99 * jax.nn.softmax(theta) + 0.01 / k)[:-1]
     lam = lam_start + (lam_end - lam_start) * frac
     inner = process.t_from_log_snr(lam).astype(t_start.dtype)
     return jnp.concatenate([t_start[None], inner, t_end[None]])
@@ -315,7 +318,8 @@ def optimised_grid(
     t_start, t_end = init[0], init[-1]
     lam_start, lam_end = process.log_snr(t_start), process.log_snr(t_end)
     dlam = jnp.diff(process.log_snr(init))
-    theta0 = jnp.log(dlam / jnp.sum(dlam))
+    w = (dlam / jnp.sum(dlam) - 0.01 / steps) / 0.99
+    theta0 = jnp.log(jnp.clip(w, 1e-6))
     # the reference ends where the grid does, or at the data end for a final
     # Tweedie step (whose target is the sample at t0)
     ref_end = None if denoise else t_end
