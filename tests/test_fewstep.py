@@ -305,6 +305,7 @@ def _pilot_error(grid, key, num=64, steps_ref=200):
     return float(jnp.mean(jnp.sum((xs - ref) ** 2, -1)))
 
 
+@pytest.mark.slow  # ~2.5 min on the loaded 2-core CI machine (gradient through sf.sample)
 def test_optimised_grid_monotone_reproducible_and_better():
     p, _, pred = setup()
     kw = dict(solver=sf.UniPC(2), shape=(2,), num=64, iters=25, reference_steps=100)
