@@ -93,6 +93,24 @@ from ._sampling import (
     uniform_grid as uniform_grid,
 )
 
+# --- few-step sampling: multistep solvers, grids, equivalent paths (issue 13) ---
+from ._sampling import (
+    DPMSolverPP2MSDE as DPMSolverPP2MSDE,
+    DPMSolverPP3M as DPMSolverPP3M,
+    DPMSolverPP3MSDE as DPMSolverPP3MSDE,
+    IPNDM as IPNDM,
+    LMS as LMS,
+    UniPC as UniPC,
+    default_sampler as default_sampler,
+    denoise_grid as denoise_grid,
+    diffusers_grid as diffusers_grid,
+    optimised_grid as optimised_grid,
+    on_path as on_path,
+    PathPredictor as PathPredictor,
+    SamplerConfig as SamplerConfig,
+    straight_path as straight_path,
+)
+
 # --- likelihood, checks, testing (issue 5) ---
 from . import checks as checks
 from ._likelihood import (

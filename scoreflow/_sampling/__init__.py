@@ -1,5 +1,9 @@
 """Reverse-time dynamics, samplers and guidance."""
 
+from ._defaults import (
+    SamplerConfig as SamplerConfig,
+    default_sampler as default_sampler,
+)
 from ._dynamics import (
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
@@ -12,8 +16,11 @@ from ._dynamics import (
 )
 from ._grids import (
     check_time_grid as check_time_grid,
+    denoise_grid as denoise_grid,
+    diffusers_grid as diffusers_grid,
     edm_grid as edm_grid,
     log_snr_grid as log_snr_grid,
+    optimised_grid as optimised_grid,
     uniform_grid as uniform_grid,
 )
 from ._guidance import (
@@ -22,6 +29,19 @@ from ._guidance import (
     ClassifierGuidedPredictor as ClassifierGuidedPredictor,
     cfg as cfg,
     classifier_guidance as classifier_guidance,
+)
+from ._multistep import (
+    IPNDM as IPNDM,
+    LMS as LMS,
+    DPMSolverPP2MSDE as DPMSolverPP2MSDE,
+    DPMSolverPP3M as DPMSolverPP3M,
+    DPMSolverPP3MSDE as DPMSolverPP3MSDE,
+    UniPC as UniPC,
+)
+from ._paths import (
+    PathPredictor as PathPredictor,
+    on_path as on_path,
+    straight_path as straight_path,
 )
 from ._sample import sample as sample
 from ._solvers import (

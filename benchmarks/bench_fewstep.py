@@ -1,0 +1,362 @@
+"""Few-step sampling benchmark (issue 13; not a test): `python benchmarks/bench_fewstep.py`.
+
+The exact Gaussian-mixture model (so the only error is discretisation), one trained
+process (VP, eps-prediction), the same initial noise for every configuration:
+
+- problem A: 2-D ring, 8 Gaussians of std 0.3 at radius 4, weights proportional to
+  1..8 (50 000 samples);
+- problem B: 32-D mixture of 10 full-covariance Gaussians, means ~ N(0, 0.5 I),
+  eigenvalues log-uniform in [0.02, 0.5] (20 000 samples).
+
+Metrics per row: Frechet distance to the exact mixture's moments (`bench_sampling`'s
+`fd_truth`), the mode-weight total variation (A: each sample assigned to its most
+responsible component), and the log-density gap (mean -log p of the samples minus that
+of exact samples, nats; > 0 is too spread, < 0 too concentrated). The floor is the
+same FD for exact samples. NFE is the measured `info["nfe"]`.
+
+Configurations are named in one call each (path, solver, grid, final denoise); the
+optimised grids (`sf.optimised_grid`) use pilot noise from a different key than the
+evaluation noise.
+"""
+
+import argparse
+import time
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from bench_sampling import fd_truth
+
+import scoreflow as sf
+from scoreflow import toy
+
+# --------------------------------------------------------------------------- #
+# Problems
+# --------------------------------------------------------------------------- #
+
+
+def problem_a():
+    k = 8
+    ang = 2 * jnp.pi * jnp.arange(k) / k
+    means = 4.0 * jnp.stack([jnp.cos(ang), jnp.sin(ang)], -1)
+    covs = jnp.broadcast_to(0.3**2 * jnp.eye(2), (k, 2, 2))
+    w = jnp.arange(1, k + 1, dtype=means.dtype)
+    return toy.GaussianMixture(w / w.sum(), means, covs)
+
+
+def problem_b(key=jr.key(13), k=10, d=32):
+    km, kq, ke = jr.split(key, 3)
+    means = jnp.sqrt(0.5) * jr.normal(km, (k, d))
+    q, _ = jnp.linalg.qr(jr.normal(kq, (k, d, d)))
+    eig = jnp.exp(jr.uniform(ke, (k, d), minval=jnp.log(0.02), maxval=jnp.log(0.5)))
+    covs = jnp.einsum("kij,kj,klj->kil", q, eig, q)
+    covs = (covs + jnp.swapaxes(covs, 1, 2)) / 2
+    return toy.GaussianMixture(jnp.full((k,), 1 / k), means, covs)
+
+
+def _component_logp(gm, xs):
+    """(n, K) log w_k N(x; m_k, C_k)."""
+    chol = jnp.linalg.cholesky(gm.covs)
+    d = xs[:, None, :] - gm.means[None]
+    z = jax.vmap(
+        lambda L, dd: jax.scipy.linalg.solve_triangular(L, dd.T, lower=True).T,
+        in_axes=(0, 1),
+        out_axes=1,
+    )(chol, d)
+    logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), -1)
+    dim = xs.shape[-1]
+    return (
+        jnp.log(gm.weights)
+        - 0.5 * jnp.sum(z**2, -1)
+        - logdet
+        - 0.5 * dim * jnp.log(2 * jnp.pi)
+    )
+
+
+_component_logp = jax.jit(_component_logp)
+
+
+def metrics(gm, xs, nll_data):
+    xs = jnp.asarray(xs, jnp.float32)
+    lp = _component_logp(gm, xs)
+    nll = -float(jnp.mean(jax.scipy.special.logsumexp(lp, -1)))
+    counts = jnp.bincount(jnp.argmax(lp, -1), length=gm.weights.shape[0])
+    tv = 0.5 * float(jnp.sum(jnp.abs(counts / xs.shape[0] - gm.weights)))
+    return dict(fd=fd_truth(gm, xs), tv=tv, gap=nll - nll_data)
+
+
+# --------------------------------------------------------------------------- #
+# Configurations: name -> f(nfe) -> (process, predictor, sample kwargs)
+# --------------------------------------------------------------------------- #
+
+
+def configs(vp, pred, pp, nfe, opt):
+    """Each entry: kwargs for sf.sample and which (process, predictor) to use."""
+    rf = pp.process
+    half = max(nfe // 2, 1)
+    odd = nfe % 2 == 1
+    c = {
+        "VP Heun, uniform t (default today)": (vp, pred, dict(steps=half)),
+        "VP DPM++(2M), log-SNR": (
+            vp,
+            pred,
+            dict(solver=sf.DPMSolverPP2M(), time_grid=sf.log_snr_grid(vp, nfe)),
+        ),
+        "VP DPM++(3M), log-SNR": (
+            vp,
+            pred,
+            dict(solver=sf.DPMSolverPP3M(), time_grid=sf.log_snr_grid(vp, nfe)),
+        ),
+        "VP UniPC-2 bh2, log-SNR": (
+            vp,
+            pred,
+            dict(solver=sf.UniPC(2), time_grid=sf.log_snr_grid(vp, nfe)),
+        ),
+        "VP UniPC-3 bh2, log-SNR": (
+            vp,
+            pred,
+            dict(solver=sf.UniPC(3), time_grid=sf.log_snr_grid(vp, nfe)),
+        ),
+        "VP UniPC-2 bh1, log-SNR": (
+            vp,
+            pred,
+            dict(solver=sf.UniPC(2, "bh1"), time_grid=sf.log_snr_grid(vp, nfe)),
+        ),
+        "VP UniPC-2 bh2, trailing": (
+            vp,
+            pred,
+            dict(
+                solver=sf.UniPC(2),
+                time_grid=sf.diffusers_grid(vp, nfe, spacing="trailing"),
+            ),
+        ),
+        "VP iPNDM, EDM rho=7": (
+            vp,
+            pred,
+            dict(solver=sf.IPNDM(), time_grid=sf.edm_grid(vp, nfe)),
+        ),
+        "VP LMS, EDM rho=7": (
+            vp,
+            pred,
+            dict(solver=sf.LMS(), time_grid=sf.edm_grid(vp, nfe)),
+        ),
+        "straight Heun, uniform u": (
+            rf,
+            pp,
+            dict(solver=diffrax.Heun(), steps=half),
+        ),
+        "straight Midpoint, uniform u": (
+            rf,
+            pp,
+            dict(solver=diffrax.Midpoint(), steps=half),
+        ),
+        "straight Midpoint, uniform u + denoise" + (" (odd NFE)" if odd else ""): (
+            rf,
+            pp,
+            dict(
+                solver=diffrax.Midpoint(),
+                time_grid=sf.denoise_grid(rf, half)
+                if odd
+                else sf.denoise_grid(rf, max(half - 1, 1)),
+                denoise=True,
+            ),
+        ),
+        "straight UniPC-2, uniform u": (
+            rf,
+            pp,
+            dict(solver=sf.UniPC(2), steps=nfe),
+        ),
+    }
+    for name, val in opt.items():
+        c[name] = val
+    d = sf.default_sampler(vp, nfe)
+    c[f"sf.default_sampler: {d.label}"] = ("default", d, {})
+    return c
+
+
+ITERS = 100
+
+
+def optimised(
+    key, vp, pred, pp, nfe, shape, pilot, which=("unipc2", "unipc3", "midpoint")
+):
+    """Optimised grids for the solvers that matter at few steps."""
+    rf = pp.process
+    half = max(nfe // 2, 1)
+    out = {}
+    t = time.perf_counter()
+    g = None
+    if "unipc2" in which:
+        g = sf.optimised_grid(
+            key,
+            vp,
+            pred,
+            nfe,
+            solver=sf.UniPC(2),
+            shape=shape,
+            num=pilot,
+            iters=ITERS,
+            init=sf.log_snr_grid(vp, nfe),
+        )
+        out["VP UniPC-2 bh2, optimised"] = (
+            vp,
+            pred,
+            dict(solver=sf.UniPC(2), time_grid=g),
+        )
+    if "unipc3" in which:
+        g3 = sf.optimised_grid(
+            key,
+            vp,
+            pred,
+            nfe,
+            solver=sf.UniPC(3),
+            shape=shape,
+            num=pilot,
+            iters=ITERS,
+            init=sf.log_snr_grid(vp, nfe),
+        )
+        out["VP UniPC-3 bh2, optimised"] = (
+            vp,
+            pred,
+            dict(solver=sf.UniPC(3), time_grid=g3),
+        )
+    if "midpoint" in which:
+        gm_ = sf.optimised_grid(
+            key,
+            rf,
+            pp,
+            half,
+            solver=diffrax.Midpoint(),
+            shape=shape,
+            num=pilot,
+            iters=ITERS,
+            init=sf.uniform_grid(rf, half),
+        )
+        out["straight Midpoint, optimised"] = (
+            rf,
+            pp,
+            dict(solver=diffrax.Midpoint(), time_grid=gm_),
+        )
+    print(
+        f"  optimised grids for NFE {nfe} in {time.perf_counter() - t:.1f}s: "
+        f"UniPC-2 {None if g is None else np.round(np.asarray(g), 4).tolist()}",
+        flush=True,
+    )
+    return out
+
+
+def run(problem, gm, num, nfes, pilot, only=None, opt_nfe=(5, 10), which=None):
+    vp = sf.VP()
+    pred = sf.Predictor(gm.eps(vp), vp, prediction="eps")
+    pp = sf.on_path(pred)
+    shape = (gm.dim,)
+    data = gm.sample(jr.key(100), num)
+    nll_data = -float(
+        jnp.mean(jax.scipy.special.logsumexp(_component_logp(gm, data), -1))
+    )
+    floors = [fd_truth(gm, gm.sample(jr.key(200 + r), num)) for r in range(3)]
+    print(
+        f"\n### Problem {problem} ({num} samples; exact-sample FD floor "
+        f"{np.mean(floors):.4f} ± {np.std(floors):.4f})\n",
+        flush=True,
+    )
+    results = {}
+    for nfe in nfes:
+        kw = {} if which is None else dict(which=which)
+        opt = (
+            optimised(jr.key(7), vp, pred, pp, nfe, shape, pilot, **kw)
+            if nfe in opt_nfe
+            else {}
+        )
+        for name, (proc, pr, kw) in configs(vp, pred, pp, nfe, opt).items():
+            if only and not any(o in name for o in only):
+                continue
+            if proc == "default":  # pr is a SamplerConfig
+                xs, info = pr.sample(jr.key(0), pred, shape, num=num, return_info=True)
+            else:
+                xs, info = sf.sample(
+                    jr.key(0), proc, pr, shape, num=num, return_info=True, **kw
+                )
+            m = metrics(gm, xs, nll_data)
+            m["nfe"] = int(info["nfe"][0])
+            results.setdefault(name, {})[nfe] = m
+            print(
+                f"  NFE {nfe:>2} ({m['nfe']:>2}) {name:<45} FD {m['fd']:.4f}  "
+                f"TV {m['tv']:.4f}  gap {m['gap']:+.3f}",
+                flush=True,
+            )
+    return results, float(np.mean(floors))
+
+
+def table(problem, results, floor, nfes, with_tv):
+    lines = [
+        f"\n**Problem {problem}** (FD floor {floor:.4f}; cells: FD / "
+        + ("mode TV / " if with_tv else "")
+        + "log-density gap in nats; measured NFE in brackets when it differs)\n",
+        "| configuration | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+        "|---|" + "---|" * len(nfes),
+    ]
+    for name, row in results.items():
+        cells = []
+        for n in nfes:
+            m = row.get(n)
+            if m is None:
+                cells.append("")
+                continue
+            s = f"{m['fd']:.4f}"
+            if with_tv:
+                s += f" / {m['tv']:.3f}"
+            s += f" / {m['gap']:+.2f}"
+            if m["nfe"] != n:
+                s += f" ({m['nfe']})"
+            cells.append(s)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--num-a", type=int, default=50_000)
+    ap.add_argument("--num-b", type=int, default=20_000)
+    ap.add_argument("--pilot", type=int, default=512)
+    ap.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
+    ap.add_argument("--only-problem", choices=("A", "B"), default=None)
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--opt-nfe", type=int, nargs="*", default=[5, 10])
+    ap.add_argument(
+        "--opt", nargs="*", default=None, help="subset of: unipc2 unipc3 midpoint"
+    )
+    args = ap.parse_args()
+    print(f"devices: {jax.devices()}, float32")
+    out = []
+    if args.only_problem in (None, "A"):
+        r, f = run(
+            "A",
+            problem_a(),
+            args.num_a,
+            args.nfe,
+            args.pilot,
+            args.only,
+            args.opt_nfe,
+            args.opt,
+        )
+        out.append(table("A", r, f, args.nfe, True))
+    if args.only_problem in (None, "B"):
+        r, f = run(
+            "B",
+            problem_b(),
+            args.num_b,
+            args.nfe,
+            args.pilot,
+            args.only,
+            args.opt_nfe,
+            args.opt,
+        )
+        out.append(table("B", r, f, args.nfe, False))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
