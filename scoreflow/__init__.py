@@ -106,8 +106,6 @@ from ._sampling import (
     diffusers_grid as diffusers_grid,
     optimised_grid as optimised_grid,
     on_path as on_path,
-    PathPredictor as PathPredictor,
-    SamplerConfig as SamplerConfig,
     straight_path as straight_path,
 )
 

@@ -62,6 +62,8 @@ from ._sampling import (
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
     ReverseDriftTerm as ReverseDriftTerm,
+    PathPredictor as PathPredictor,
+    SamplerConfig as SamplerConfig,
     check_time_grid as check_time_grid,
 )
 from ._likelihood import LikelihoodInfo as LikelihoodInfo

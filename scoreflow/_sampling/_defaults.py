@@ -1,6 +1,6 @@
 r"""The measured default sampler for a process and an NFE budget (issue 13).
 
-`default_sampler(process, steps)` is pure: it returns a [`scoreflow.SamplerConfig`][]
+`default_sampler(process, steps)` is pure: it returns a [`scoreflow.internal.SamplerConfig`][]
 naming the path, solver, grid and final denoise that `benchmarks/bench_fewstep.py`
 measured best with a fixed grid (table in `docs/concepts/samplers.md`):
 
@@ -77,7 +77,7 @@ def default_sampler(process, steps: int) -> SamplerConfig:
 
     **Arguments:** `process`; `steps`, the NFE budget (a Python int $\ge 1$).
 
-    **Returns:** a [`scoreflow.SamplerConfig`][].
+    **Returns:** a [`scoreflow.internal.SamplerConfig`][].
 
     ```python
     cfg = sf.default_sampler(sf.VP(), 5)   # straight path, 2 Midpoint steps (4 NFE)

@@ -116,7 +116,7 @@ def on_path(predictor, path: AbstractProcess | str = "straight") -> PathPredicto
       times you sample at, or `"straight"` for
       [`scoreflow.straight_path`][]`(predictor.process)`.
 
-    **Returns:** a [`scoreflow.PathPredictor`][] whose `process` is the path: sample
+    **Returns:** a [`scoreflow.internal.PathPredictor`][] whose `process` is the path: sample
     with `sf.sample(key, pp.process, pp, ...)`. The samples are in the path's
     coordinates; at the data end they are $k\,x_{t_0}$ (for the straight path of VP
     $k \approx 1$; map back exactly with `pp.to_source`).
