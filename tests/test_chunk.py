@@ -9,7 +9,6 @@ import pytest
 
 import scoreflow as sf
 
-
 chunked = sf.chunked
 
 
