@@ -86,17 +86,40 @@ def test_wrong_noise_scale_is_detected(p, gm):
         sft.assert_marginals_consistent(_WrongG2(p), gm, t, x, tol=1e-8)
 
 
-class _WrongG2:
-    """A process with the kernel of `p` but 1.1 g^2 (an inconsistent declaration)."""
+class _WrongG2(sf.AbstractScalarProcess):
+    """A process with the kernel of `p` but 1.1 g^2 (an inconsistent declaration):
+    a scalar process written by hand, as docs/concepts/extending.md shows."""
 
-    def __init__(self, p):
-        self.p, self.t1 = p, p.t1
+    p: sf.AbstractScalarProcess
 
-    def __getattr__(self, name):
-        return getattr(self.p, name)
+    @property
+    def t0(self):
+        return self.p.t0
+
+    @property
+    def t1(self):
+        return self.p.t1
+
+    def alpha(self, t):
+        return self.p.alpha(t)
+
+    def sigma(self, t):
+        return self.p.sigma(t)
+
+    def alpha_dot(self, t):
+        return self.p.alpha_dot(t)
+
+    def sigma_dot(self, t):
+        return self.p.sigma_dot(t)
 
     def g2(self, t):
         return 1.1 * self.p.g2(t)
+
+    def as_sde(self):
+        return self.p.as_sde()
+
+    def as_interpolant(self):
+        return self.p.as_interpolant()
 
     def __repr__(self):
         return f"_WrongG2({self.p!r})"

@@ -261,22 +261,21 @@ def _sample_impl(
             y = pred.x0(grid[-1], y, c)
             nfe = nfe + n_den
         stats["nfe"] = jnp.asarray(nfe)
+        if opts.throw:  # per sample, so a sharded batch stays sharded
+            y = eqx.error_if(
+                y,
+                ~jnp.all(jnp.isfinite(y)),
+                "sf.sample: some samples are not finite (NaN or inf). The usual "
+                "causes: the model returns NaN or inf, a guidance scale is NaN, or the "
+                "solver diverged (too few steps for a stiff process near t0). Pass "
+                "throw=False to get the samples anyway.",
+            )
         if opts.trajectory:
             stats["trajectory"], stats["ts"] = traj, ts
         return y, stats
 
     xs = noise if opts.has_noise else None
-    ys, stats = jax.vmap(one)(keys, xs, cond)
-    if opts.throw:
-        ys = eqx.error_if(
-            ys,
-            ~jnp.all(jnp.isfinite(ys)),
-            "sf.sample: some samples are not finite (NaN or inf). The usual causes: "
-            "the model returns NaN or inf, a guidance scale is NaN, or the solver "
-            "diverged (too few steps for a stiff process near t0). Pass throw=False "
-            "to get the samples anyway.",
-        )
-    return ys, stats
+    return jax.vmap(one)(keys, xs, cond)
 
 
 # --------------------------------------------------------------------------- #

@@ -95,7 +95,11 @@ def _reaches_data_end(drift, s1):
     process, i.e. the end $t_1 - t_0$ of the flipped-time interval, up to one machine
     epsilon (relative): `sf.sample` computes its grid's end with the same rounding,
     and a step that stops a few ulps short (possible on fine float32 grids near
-    $t_0$) is not the final one. A traced bool."""
+    $t_0$) is not the final one. A traced bool; a Python bool for a Python-number
+    `s1` (a step traced at known times, as when `sf.sample` counts model calls)."""
+    if isinstance(s1, (int, float)):
+        s_end = float(drift.t1) - float(drift.process.t0)
+        return s1 >= s_end - 2.3e-16 * max(1.0, abs(s_end))
     s1 = jnp.asarray(s1)
     dtype = (
         s1.dtype if jnp.issubdtype(s1.dtype, jnp.floating) else jnp.result_type(float)
@@ -111,8 +115,8 @@ def _final_or(final, first_order: Callable, higher_order: Callable):
     step saves the evaluations of the higher-order branch). A concrete predicate (a
     step traced at known times, as when `sf.sample` counts model calls) picks its
     branch in Python."""
-    if not isinstance(final, jax.core.Tracer):
-        return first_order() if bool(final) else higher_order()
+    if isinstance(final, bool):
+        return first_order() if final else higher_order()
     return jax.lax.cond(final, first_order, higher_order)
 
 
