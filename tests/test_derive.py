@@ -114,7 +114,7 @@ def test_inverse_log_snr_agrees_with_bisection_in_float32(name, tmp_path, monkey
 def test_shipped_builtin_derivation_equals_a_fresh_one(tmp_path, monkeypatch):
     # The fast path (the derivation shipped in _derive.BUILTIN_CACHE) and the slow
     # path (sympy, from scratch) agree.
-    from scoreflow._process._public import _b0, _b1, _beta
+    from scoreflow._process._builtins import _b0, _b1, _beta
 
     monkeypatch.setenv("SCOREFLOW_CACHE_DIR", str(tmp_path))  # no user cache
     drift, g = -_beta / 2 * sf.x, sympy.sqrt(_beta)

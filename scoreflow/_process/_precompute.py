@@ -18,18 +18,12 @@ def main() -> int:
         if any(_derive.BUILTIN_CACHE.glob("*.pkl")):
             print("remove the old files first:", _derive.BUILTIN_CACHE, file=sys.stderr)
             return 2
-        from scoreflow._process._declared import _as_number
-
         for name in ("VP", "SubVP", "VE", "CosineVP", "RectifiedFlow", "EDM"):
             p = getattr(sf, name)()
-            # The closed-form inverse log-SNR, with the arguments the process uses.
-            subs = tuple(
-                (s, _as_number(p.params[s.name])) for s in p._info.param_symbols
-            )
-            inv = _derive.inverse_log_snr(
-                p._info.derivation.log_snr, subs, (p.t0, p.t1)
-            )
-            print("derived", name, "inverse:", inv, flush=True)
+            # The closed-form inverse log-SNR, derived (and cached) exactly as the
+            # process asks for it.
+            p.t_from_log_snr(p.log_snr(0.5 * (p.t0 + p.t1)))
+            print("derived", name, flush=True)
         out = _derive.BUILTIN_CACHE
         out.mkdir(exist_ok=True)
         for f in sorted(pathlib.Path(tmp).glob("*.pkl")):
