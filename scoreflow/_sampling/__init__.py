@@ -20,7 +20,6 @@ from ._grids import (
     diffusers_grid as diffusers_grid,
     edm_grid as edm_grid,
     log_snr_grid as log_snr_grid,
-    optimised_grid as optimised_grid,
     uniform_grid as uniform_grid,
 )
 from ._guidance import (
@@ -38,6 +37,7 @@ from ._multistep import (
     DPMSolverPP3MSDE as DPMSolverPP3MSDE,
     UniPC as UniPC,
 )
+from ._optimise import optimised_grid as optimised_grid
 from ._paths import (
     PathPredictor as PathPredictor,
     on_path as on_path,
