@@ -291,7 +291,7 @@ def test_time_sampler_normalisation_and_distribution(which, name):
     np.testing.assert_allclose(cdf[-1] + clamped, 1.0, atol=2e-3)
     # Kolmogorov-Smirnov distance between samples and the density's CDF
     below = t <= p.t0
-    emp = jnp.searchsorted(jnp.sort(t), grid, side="right") / n
+    emp = jnp.searchsorted(jnp.sort(t), grid, side="right").astype(grid.dtype) / n
     ks = float(jnp.max(jnp.abs(emp - (cdf + jnp.mean(below, dtype=cdf.dtype)))))
     assert ks < 2.0 / np.sqrt(n), ks
     if which == "likelihood":
