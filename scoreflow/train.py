@@ -153,7 +153,11 @@ def make_step(
             lambda m: _call_loss(loss, m, x0, k_loss, c)
         )(state.model)
         params = eqx.filter(state.model, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        # optax mixes its int32 step count with float hyperparameters (e.g. Adam's
+        # bias correction b1**count): run it under standard promotion whatever the
+        # caller's setting.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, state.opt_state, params)
         model = eqx.apply_updates(state.model, updates)
         new_params, static = eqx.partition(model, eqx.is_inexact_array)
         ema_params = eqx.filter(state.ema, eqx.is_inexact_array)
