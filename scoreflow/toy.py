@@ -386,7 +386,7 @@ def ring_mixture(
     **Returns:** a 2-D `GaussianMixture`.
     """
     _check_int("sf.toy.ring_mixture", "num_modes", num_modes, 1)
-    angles = 2 * jnp.pi * jnp.arange(num_modes) / num_modes
+    angles = 2 * jnp.pi * jnp.arange(num_modes, dtype=float) / num_modes
     if _is_concrete(std) and not float(std) > 0:
         raise ValueError(f"`sf.toy.ring_mixture(std=...)` must be > 0, got std={std}.")
     radius, std = _as_float(radius), _as_float(std)

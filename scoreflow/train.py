@@ -184,7 +184,11 @@ def _update(loss, optimizer, ema_decay, trainable, state, x0, c, key, k_loss):
     value, grads = eqx.filter_value_and_grad(
         lambda p: _call_loss(loss, eqx.combine(p, static), x0, k_loss, c)
     )(params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    # optax mixes its int32 step count with float hyperparameters (e.g. Adam's bias
+    # correction b1**count): run it under standard promotion whatever the caller's
+    # setting.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
     params = eqx.apply_updates(params, updates)
     ema_params = eqx.filter(state.ema, spec)
     ema_params = jax.tree_util.tree_map(

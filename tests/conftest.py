@@ -4,6 +4,8 @@ import pytest
 
 # Exactness tests run in float64; float32 behaviour is tested explicitly by casting.
 jax.config.update("jax_enable_x64", True)
+# Strict dtype promotion: library code never mixes dtypes implicitly.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture

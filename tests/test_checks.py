@@ -6,6 +6,7 @@ velocity or score), a known stationary density of a non-affine SDE, and a generi
 sympy identity behind the symbolic shortcut.
 """
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,9 +139,9 @@ def test_symbolic_fp_non_affine():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("name", BUILTIN_NAMES)
+@pytest.mark.parametrize("name", helpers.process_params(sf.AbstractScalarProcess))
 def test_numeric_residuals_vanish_for_exact_marginals(name):
-    p = builtin(name)
+    p = helpers.process(name)
     gm = _mixture()
     score = gm.score(p)
     pred = sf.Predictor(gm.eps(p), p, prediction="eps")
@@ -167,11 +168,16 @@ def test_numeric_residuals_vanish_for_exact_marginals(name):
     assert float(jnp.max(jnp.abs(r))) < 1e-9, r
 
 
-@pytest.mark.parametrize("name", ["VP", "VE", "RectifiedFlow"])
+@pytest.mark.parametrize(
+    "name",
+    helpers.process_params(
+        sf.AbstractScalarProcess, default=("VP", "VE", "RectifiedFlow")
+    ),
+)
 def test_numeric_residuals_detect_wrong_densities(name):
     """The checks can fail: a wrong noise scale, another process's marginals, a
     scaled velocity and a scaled score all give relative residuals >> 1e-9."""
-    p = builtin(name)
+    p = helpers.process(name)
     other = builtin("SubVP" if name != "SubVP" else "VP")
     gm = _mixture()
     score = gm.score(p)

@@ -19,13 +19,9 @@ import scoreflow as sf
 from scoreflow.toy import GaussianMixture
 
 N = 2048
-SLOW = pytest.mark.slow
-# RectifiedFlow builds in ~1 s; VP/EDM repeat the same checks in the slow run.
-PROCESSES = [
-    "RectifiedFlow",
-    pytest.param("VP", marks=SLOW),
-    pytest.param("EDM", marks=SLOW),
-]
+# Every scalar-rung process of the registry; RectifiedFlow builds in ~1 s, the
+# others repeat the same checks in the slow run.
+PROCESSES = helpers.process_params(sf.AbstractScalarProcess, default=("RectifiedFlow",))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +83,7 @@ def _optimality(loss, exact, p, prediction, x0, key, delta0=0.3):
 @pytest.mark.parametrize("name", PROCESSES)
 @pytest.mark.parametrize("prediction", sf.internal.PREDICTIONS)
 def test_dsm_exact_predictor_is_optimal(name, prediction, gauss):
-    p = helpers.builtin(name)
+    p = helpers.process(name)
     x0 = gauss.sample(jr.key(1), N)
     loss = sf.dsm_loss(p, prediction=prediction, weighting="min_snr", check_scale=False)
     mean, se, vals, mean_off, se_off = _optimality(
@@ -99,10 +95,10 @@ def test_dsm_exact_predictor_is_optimal(name, prediction, gauss):
     assert abs(mean_off) > 4 * se_off, (mean_off, se_off)
 
 
-@pytest.mark.parametrize("name", ["RectifiedFlow", pytest.param("VP", marks=SLOW)])
+@pytest.mark.parametrize("name", PROCESSES)
 @pytest.mark.parametrize("coupling", ["independent", "ot"])
 def test_cfm_exact_velocity_is_optimal(name, coupling, gauss):
-    p = helpers.builtin(name)
+    p = helpers.process(name)
     n = N if coupling == "independent" else 256
     x0 = gauss.sample(jr.key(3), n)
     loss = sf.cfm_loss(p, coupling=coupling, check_scale=False)
@@ -133,9 +129,15 @@ class _VelocityMSE(sf.AbstractWeighting):
         return sf.internal.prediction_factor(process, "velocity", t)
 
 
-@pytest.mark.parametrize("name", ["VP", "RectifiedFlow", "EDM"])
+@pytest.mark.parametrize(
+    "name",
+    helpers.process_params(
+        sf.AbstractScalarProcess,
+        default=("VP", "RectifiedFlow", "EDM", "Interpolant(sympy)"),
+    ),
+)
 def test_same_implied_weighting_same_loss(name, getkey):
-    p = helpers.builtin(name)
+    p = helpers.process(name)
     net = sf.nets.MLP(2, width=32, depth=2, key=getkey())
     net = jax.tree_util.tree_map(
         lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, net
@@ -241,9 +243,14 @@ def test_weightings_at_snr_zero_and_infinity():
         sf.dsm_loss(helpers.builtin("EDM"), weighting="p2")
 
 
-@pytest.mark.parametrize("name", ["VP", "RectifiedFlow", "EDM"])
+@pytest.mark.parametrize(
+    "name",
+    helpers.process_params(
+        sf.AbstractScalarProcess, default=("VP", "RectifiedFlow", "EDM", "SDE(sympy)")
+    ),
+)
 def test_likelihood_weighting_is_minus_dlogsnr(name):
-    p = helpers.builtin(name)
+    p = helpers.process(name)
     ts = jnp.linspace(p.t0, p.t1, 9)
     dlam = jax.vmap(jax.grad(lambda t: p.log_snr(t)))(ts)
     np.testing.assert_allclose(sf.LikelihoodWeighting()(p, ts), -dlam, rtol=1e-7)
@@ -263,9 +270,11 @@ SAMPLERS = {
 
 
 @pytest.mark.parametrize("which", list(SAMPLERS))
-@pytest.mark.parametrize("name", ["VP", "EDM"])
+@pytest.mark.parametrize(
+    "name", helpers.process_params(sf.AbstractScalarProcess, default=("VP", "EDM"))
+)
 def test_time_sampler_normalisation_and_distribution(which, name):
-    p = helpers.builtin(name)
+    p = helpers.process(name)
     s = SAMPLERS[which]
     n = 4000
     t, w = jax.jit(lambda k: s.sample(k, p, n))(jr.key(5))
@@ -282,8 +291,8 @@ def test_time_sampler_normalisation_and_distribution(which, name):
     np.testing.assert_allclose(cdf[-1] + clamped, 1.0, atol=2e-3)
     # Kolmogorov-Smirnov distance between samples and the density's CDF
     below = t <= p.t0
-    emp = jnp.searchsorted(jnp.sort(t), grid, side="right") / n
-    ks = float(jnp.max(jnp.abs(emp - (cdf + jnp.mean(below)))))
+    emp = jnp.searchsorted(jnp.sort(t), grid, side="right").astype(grid.dtype) / n
+    ks = float(jnp.max(jnp.abs(emp - (cdf + jnp.mean(below, dtype=cdf.dtype)))))
     assert ks < 2.0 / np.sqrt(n), ks
     if which == "likelihood":
         np.testing.assert_allclose(
@@ -433,7 +442,7 @@ def test_data_scale_check_and_standardize(gauss):
 def test_float32_losses_finite(name):
     """Every prediction space, weighting and time sampler gives a finite float32
     loss (one compiled function per process, the process a traced argument)."""
-    p = helpers.to_float32(helpers.builtin(name))
+    p = helpers.to_float32(helpers.process(name))
     x0 = jr.normal(jr.key(0), (128, 2), jnp.float32)
     w = jnp.asarray([0.5, -0.3], jnp.float32)
 

@@ -29,13 +29,17 @@ def _oracle(p, t, x0, eps):
     }
 
 
+# Every scalar-rung process of the registry.
+SCALAR = helpers.process_params(sf.AbstractScalarProcess)
+
+
 def _times(p, n=7):
     return np.linspace(p.t0, p.t1, n)
 
 
-@pytest.mark.parametrize("name", helpers.BUILTIN_NAMES)
+@pytest.mark.parametrize("name", SCALAR)
 def test_convert_all_pairs_float64(name, getkey):
-    p = helpers.builtin(name)
+    p = helpers.process(name)
     ts = jnp.asarray(_times(p, 9))
     x0 = jr.normal(getkey(), (ts.size, 3))
     eps = jr.normal(getkey(), (ts.size, 3))
@@ -54,9 +58,9 @@ def test_convert_all_pairs_float64(name, getkey):
     assert err.max() < 1e-9, {PAIRS[i]: err[i] for i in np.nonzero(err >= 1e-9)[0]}
 
 
-@pytest.mark.parametrize("name", helpers.BUILTIN_NAMES)
+@pytest.mark.parametrize("name", SCALAR)
 def test_predictor_methods_float64(name, getkey):
-    p = helpers.builtin(name)
+    p = helpers.process(name)
     t = 0.5 * (p.t0 + p.t1)
     x0 = jr.normal(getkey(), (4,))
     eps = jr.normal(getkey(), (4,))
@@ -76,11 +80,11 @@ def test_predictor_methods_float64(name, getkey):
         np.testing.assert_allclose(heps, eps, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", helpers.BUILTIN_NAMES)
+@pytest.mark.parametrize("name", SCALAR)
 def test_conversions_finite_float32(name):
     """A unit-scale network output converted to every type stays finite in float32
     over the whole of [t0, t1] (endpoints included)."""
-    p = helpers.to_float32(helpers.builtin(name))
+    p = helpers.to_float32(helpers.process(name))
     ts = jnp.linspace(p.t0, p.t1, 65, dtype=jnp.float32)
     ts = jnp.concatenate([ts, jnp.asarray([p.t0, p.t1], jnp.float32)])
     key = jr.key(0)
@@ -163,8 +167,8 @@ def test_edm_preconditioner_generalised(name, getkey):
 
 
 def test_edm_preconditioner_finite_float32():
-    for name in helpers.BUILTIN_NAMES:
-        p = helpers.to_float32(helpers.builtin(name))
+    for name in helpers.process_names(sf.AbstractScalarProcess):
+        p = helpers.to_float32(helpers.process(name))
         D = sf.EDMPreconditioner(lambda c, x: x + c, p)
         ts = jnp.linspace(p.t0, p.t1, 33, dtype=jnp.float32)
         x = jnp.full((4,), 3.0, jnp.float32)

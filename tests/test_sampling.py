@@ -294,7 +294,7 @@ def test_one_trace_per_shape_and_step_count():
     labels = jnp.array([0, 1, 0, 1])
 
     def model(t, x, c):
-        return gm.eps(p)(t, x) * (1.0 + 0.0 * c)
+        return gm.eps(p)(t, x) * (1.0 + 0.0 * jnp.asarray(c, x.dtype))
 
     cpred = sf.Predictor(model, p, prediction="eps", null_cond=jnp.asarray(-1))
     before = _sample._TRACES[0]

@@ -16,8 +16,8 @@ from scoreflow import metrics, toy
 
 
 @functools.cache
-def setup():
-    p = helpers.builtin("VP")
+def setup(name="VP"):
+    p = helpers.process(name)
     gm = toy.ring_mixture()
     pred = sf.Predictor(lambda t, x: gm.eps(p)(t, x), p, prediction="eps")
     return p, gm, pred
@@ -27,9 +27,9 @@ NUM = 16
 
 
 @functools.cache
-def reference():
+def reference(name="VP"):
     """The PF-ODE solution from the same initial noise, to ~1e-10."""
-    p, _, pred = setup()
+    p, _, pred = setup(name)
     return sf.sample(
         jr.key(0),
         p,
@@ -42,9 +42,9 @@ def reference():
     )
 
 
-def fitted_order(solver, grid_fn, steps):
-    p, _, pred = setup()
-    ref = reference()
+def fitted_order(solver, grid_fn, steps, name="VP"):
+    p, _, pred = setup(name)
+    ref = reference(name)
     errs = []
     for n in steps:
         xs = sf.sample(
@@ -54,45 +54,48 @@ def fitted_order(solver, grid_fn, steps):
     return -np.polyfit(np.log(steps), np.log(errs), 1)[0], errs
 
 
+# Order bands (STYLE.md: |fitted - expected| < 0.4) for every deterministic sampler
+# of the registry on every scalar-rung process of the registry, against an adaptive
+# reference from the same noise. The full product is slow; the default run keeps VP
+# for Heun and DPM-Solver++(2M) and a "diagonal" that rotates the samplers through
+# the non-VP processes, so every sampler and every process is fitted by default.
+_DETERMINISTIC = helpers.sampler_names(stochastic=False)
+_ORDER_PROCESSES = helpers.process_names(sf.AbstractScalarProcess)
+_NON_VP = [name for name in _ORDER_PROCESSES if name != "VP"]
+_DIAGONAL = {
+    (_DETERMINISTIC[i % len(_DETERMINISTIC)], name) for i, name in enumerate(_NON_VP)
+} | {("heun", "VP"), ("dpm++2m", "VP")}
 ORDER_CASES = [
-    pytest.param("heun", diffrax.Heun(), sf.uniform_grid, (16, 32, 64), 2, id="heun"),
     pytest.param(
-        "dpm++2m", sf.DPMSolverPP2M(), sf.log_snr_grid, (32, 64, 128), 2, id="dpm++2m"
-    ),
-    pytest.param(
-        "euler",
-        diffrax.Euler(),
-        sf.uniform_grid,
-        (16, 32, 64),
-        1,
-        id="euler",
-        marks=pytest.mark.slow,
-    ),
-    pytest.param(
-        "ddim",
-        sf.DDIM(),
-        sf.log_snr_grid,
-        (16, 32, 64),
-        1,
-        id="ddim",
-        marks=pytest.mark.slow,
-    ),
-    pytest.param(
-        "edm-heun",
-        sf.EDMHeun(),
-        sf.edm_grid,
-        (32, 64, 128),
-        2,
-        id="edm-heun",
-        marks=pytest.mark.slow,
-    ),
+        sampler,
+        name,
+        id=f"{sampler}-{name}",
+        marks=() if (sampler, name) in _DIAGONAL else pytest.mark.slow,
+    )
+    for name in _ORDER_PROCESSES
+    for sampler in _DETERMINISTIC
+    if helpers.stands_on(name, helpers.SAMPLERS[sampler].rung)
 ]
 
 
-@pytest.mark.parametrize("name,solver,grid_fn,steps,expected", ORDER_CASES)
-def test_convergence_order(name, solver, grid_fn, steps, expected):
-    order, errs = fitted_order(solver, grid_fn, steps)
-    assert abs(order - expected) < 0.4, (name, order, errs)
+# EDM's noise level is linear in t (sigma = 80 t): on a grid uniform in t the first
+# step from t0 spans sigma 0.002 -> 80/N and the generic solvers are pre-asymptotic
+# below ~1000 steps (measured on this problem, local orders at 128..1024 steps: Heun
+# 1.65, 1.89, 1.83; Midpoint 2.27, 3.13, 2.92). On EDM's own rho-grid (a smooth map
+# of a uniform grid, so the order is the same) they are cleanly second order at 16..64.
+_GRID_FOR = {("EDM", sf.uniform_grid): sf.edm_grid}
+
+
+@pytest.mark.parametrize("sampler,name", ORDER_CASES)
+def test_convergence_order(sampler, name):
+    s = helpers.SAMPLERS[sampler]
+    grid = _GRID_FOR.get((name, s.grid), s.grid)
+    order, errs = fitted_order(s.solver, grid, s.steps, name)
+    print(
+        f"ORDER {sampler:10s} {name:22s} fitted {order:.3f} expected {s.order} "
+        f"errs {errs}"
+    )
+    assert abs(order - s.order) < 0.4, (sampler, name, order, errs)
 
 
 def test_ddim_eta1_is_ddpm_and_ddim_eta0_is_deterministic():
@@ -123,13 +126,19 @@ def _fd_ok(xs, gm, n):
     assert fd < np.mean(floor) + 4 * np.std(floor), (fd, np.mean(floor), np.std(floor))
 
 
+# Every stochastic sampler of the registry (DDPM in the default run), then variants.
 STOCHASTIC = [
-    pytest.param(sf.DDPM(), sf.uniform_grid, 200, id="ddpm"),
+    pytest.param(
+        helpers.SAMPLERS[name].solver,
+        helpers.SAMPLERS[name].grid,
+        100 if name == "ddim-eta1" else 200,
+        id=name,
+        marks=() if name == "ddpm" else pytest.mark.slow,
+    )
+    for name in helpers.sampler_names(stochastic=True)
+] + [
     pytest.param(
         sf.DDIM(eta=0.5), sf.uniform_grid, 100, id="ddim-eta0.5", marks=pytest.mark.slow
-    ),
-    pytest.param(
-        sf.PredictorCorrector(), sf.uniform_grid, 200, id="pc", marks=pytest.mark.slow
     ),
     pytest.param(
         sf.EDMHeun(gamma=0.2, s_tmax=10.0),

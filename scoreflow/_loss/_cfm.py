@@ -57,7 +57,11 @@ def ot_coupling(key, x0, eps, *, epsilon: float = 0.01, relative: bool = True):
     geom = pointcloud.PointCloud(
         a, b, epsilon=epsilon, relative_epsilon="mean" if relative else None
     )
-    out = sinkhorn.Sinkhorn()(linear_problem.LinearProblem(geom))
+    # ott-jax mixes integer and float arrays internally (its marginal error raises an
+    # array to an integer power), which fails under strict dtype promotion: run it
+    # under standard promotion whatever the caller's setting.
+    with jax.numpy_dtype_promotion("standard"):
+        out = sinkhorn.Sinkhorn()(linear_problem.LinearProblem(geom))
     logits = jnp.log(jnp.maximum(out.matrix, jnp.finfo(out.matrix.dtype).tiny))
     return jr.categorical(key, logits, axis=-1)
 
