@@ -231,7 +231,7 @@ class UniPC(AbstractDiffusionSolver):
         ta, tb = drift.time(t0), drift.time(t1)
         m_a, _ = drift.predictor.hub(ta, y0, args)
         k = self.order_
-        slots = jnp.arange(k)
+        slots = jnp.arange(k, dtype=jnp.int32)
         if self.corrector:
             # ms[0] (time ts[0]) is the previous step's start; older points are ms[1:].
             valid_c = slots[1:] < n
@@ -338,7 +338,7 @@ class AbstractDPMSolverPPMultistep(AbstractDiffusionSolver):
         m_a, _ = drift.predictor.hub(ta, y0, args)
         ms, ts = _push(ms, ts, m_a, ta)
         k = self.max_order
-        valid = jnp.arange(k) <= n
+        valid = jnp.arange(k, dtype=jnp.int32) <= n
         final = _reaches_data_end(drift, t1)
         q = _effective_order(k, n, False, final, self.lower_order_final)
         if _is_static_zero(self.eta):
@@ -479,12 +479,14 @@ class AbstractAdams(AbstractDiffusionSolver):
         _, eps = drift.predictor.hub(ta, y0, args)
         es, ts = _push(es, ts, eps, ta)
         k = self.max_order
-        valid = jnp.arange(k) <= n
+        valid = jnp.arange(k, dtype=jnp.int32) <= n
         aa, _, la = _coeffs(p, ta)
         ab, _, lb = _coeffs(p, tb)
         # sigma~ of the stored points, placeholders (distinct, finite) where empty
         lam = p.log_snr(jnp.where(valid, ts, ta)) / 2
-        sig = jnp.where(valid, jnp.exp(-lam), jnp.exp(-la) * (2.0 + jnp.arange(k)))
+        sig = jnp.where(
+            valid, jnp.exp(-lam), jnp.exp(-la) * (2.0 + jnp.arange(k, dtype=lam.dtype))
+        )
         sb = jnp.exp(-lb)
         final = _reaches_data_end(drift, t1)
         q = _effective_order(k, n, False, final, self.lower_order_final)

@@ -38,6 +38,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from diffrax import RESULTS, AbstractTerm, LocalLinearInterpolation
 from diffrax._term import WrapTerm
 
@@ -99,7 +100,7 @@ def _reaches_data_end(drift, s1):
     `s1` (a step traced at known times, as when `sf.sample` counts model calls)."""
     if isinstance(s1, (int, float)):
         s_end = float(drift.t1) - float(drift.process.t0)
-        return s1 >= s_end - 2.3e-16 * max(1.0, abs(s_end))
+        return np.bool_(s1 >= s_end - 2.3e-16 * max(1.0, abs(s_end)))
     s1 = jnp.asarray(s1)
     dtype = (
         s1.dtype if jnp.issubdtype(s1.dtype, jnp.floating) else jnp.result_type(float)
@@ -115,7 +116,7 @@ def _final_or(final, first_order: Callable, higher_order: Callable):
     step saves the evaluations of the higher-order branch). A concrete predicate (a
     step traced at known times, as when `sf.sample` counts model calls) picks its
     branch in Python."""
-    if isinstance(final, bool):
+    if isinstance(final, (bool, np.bool_)):
         return first_order() if final else higher_order()
     return jax.lax.cond(final, first_order, higher_order)
 
