@@ -188,10 +188,10 @@ def fokker_planck_residual(
 
     **Arguments:**
 
-    - `process`: any object with `.drift(t, x)` and `.g2(t)` (every scoreflow process;
-      non-affine drifts work too — the divergence is taken by autodiff). For a
-      state-dependent diagonal diffusion (`process.state_dependent_diffusion`,
-      `.g2(t, x)`) the equation is
+    - `process`: a process with scalar (elementwise) coefficients: an
+      `sf.AbstractScalarProcess` or an `sf.DeclaredSDE` (non-affine drifts work too —
+      the divergence is taken by autodiff). For an `sf.DeclaredSDE`, whose diagonal
+      diffusion may depend on the state (`.g2(t, x)`), the equation is
       $\partial_t p = -\nabla\cdot(f p) + \tfrac12\sum_i\partial_i^2(g_i^2 p)$,
       i.e. $r$ gains $-\tfrac12\sum_i[\partial_i^2 g_i^2
       + 2\,\partial_i g_i^2\,\partial_i\ell]$ and $g^2(\Delta\ell + |\nabla\ell|^2)$
