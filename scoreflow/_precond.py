@@ -27,10 +27,14 @@ import jax.numpy as jnp
 from ._process import AbstractProcess
 
 
-def _sigma_data(process, sigma_data):
-    if sigma_data is not None:
-        return float(sigma_data)
-    return float(process.sigma_data)
+def sigma_data_of(process, sigma_data, call: str | None = None) -> float:
+    """`sigma_data`, defaulting to `process.sigma_data`; with `call`, checked > 0."""
+    sd = float(process.sigma_data if sigma_data is None else sigma_data)
+    if call is not None and not sd > 0:
+        raise ValueError(
+            f"`{call}(sigma_data=...)` must be > 0, got sigma_data={sd!r}."
+        )
+    return sd
 
 
 def edm_coefficients(process: AbstractProcess, t, sigma_data: float | None = None):
@@ -40,7 +44,7 @@ def edm_coefficients(process: AbstractProcess, t, sigma_data: float | None = Non
     **Arguments:** `process`; `t` a time ($t = 0$ data); `sigma_data` (default
     `process.sigma_data` for `sf.EDM`, else 1).
     """
-    sd = _sigma_data(process, sigma_data)
+    sd = sigma_data_of(process, sigma_data)
     a, s = process.alpha(t), process.sigma(t)
     se = s / a
     n2 = se**2 + sd**2
@@ -71,12 +75,7 @@ class EDMPreconditioner(eqx.Module):
     def __init__(self, net, process, sigma_data: float | None = None):
         self.net = net
         self.process = process
-        self.sigma_data = _sigma_data(process, sigma_data)
-        if not self.sigma_data > 0:
-            raise ValueError(
-                "`sf.EDMPreconditioner(sigma_data=...)` must be > 0, got "
-                f"sigma_data={self.sigma_data!r}."
-            )
+        self.sigma_data = sigma_data_of(process, sigma_data, "sf.EDMPreconditioner")
 
     def raw(self, t, x, cond=None):
         """`(c_noise, c_in * x/alpha, c_skip * x/alpha, c_out)` and the net's output."""

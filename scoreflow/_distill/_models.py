@@ -15,17 +15,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from equinox import AbstractVar
 
+from .._precond import sigma_data_of
 from .._process import AbstractProcess
 from ..nets import MLP
-
-
-def _sigma_data(process, sigma_data, call):
-    sd = float(process.sigma_data if sigma_data is None else sigma_data)
-    if not sd > 0:
-        raise ValueError(
-            f"`{call}(sigma_data=...)` must be > 0, got sigma_data={sd!r}."
-        )
-    return sd
 
 
 def frozen(process):
@@ -94,7 +86,7 @@ class ConsistencyModel(AbstractFewStepModel):
     def __init__(self, net, process, sigma_data: float | None = None):
         self.net = net
         self.process = process
-        self.sigma_data = _sigma_data(process, sigma_data, "sf.ConsistencyModel")
+        self.sigma_data = sigma_data_of(process, sigma_data, "sf.ConsistencyModel")
 
     def coefficients(self, t):
         r"""`(c_skip, c_out, c_in)` at time `t`; `c_in` multiplies $x$ (not $x/\alpha$)."""
