@@ -139,6 +139,7 @@ from ._distill import (
 
 
 from . import internal as internal
+from . import peers as peers
 
 # Names that left the top level (issue 12): each keeps working for one release, with
 # a DeprecationWarning naming its replacement. name -> the public spelling to use

@@ -17,7 +17,16 @@ import pytest
 import scoreflow as sf
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SUBMODULES = ("toy", "checks", "metrics", "nets", "train", "testing", "internal")
+SUBMODULES = (
+    "toy",
+    "checks",
+    "metrics",
+    "nets",
+    "train",
+    "testing",
+    "internal",
+    "peers",
+)
 
 
 def _public_names():

@@ -35,7 +35,10 @@ class SamplerConfig(eqx.Module):
 
     **Fields:** `path` (`"straight"` or `"native"`), `process` (the process integrated:
     the straight path or the original), `solver`, `time_grid` (strictly decreasing),
-    `denoise` (bool), `nfe` (evaluations it makes), `label` (one line for `info`).
+    `denoise` (bool), `nfe` (evaluations it makes), `label` (one line for `info`),
+    `method` (`"ode"` or `"sde"`), `options` (further keyword arguments of
+    `sf.sample`, as `(name, value)` pairs: a peer recipe of [`scoreflow.peers`][]
+    may need e.g. a step-size controller).
     """
 
     path: str = eqx.field(static=True)
@@ -45,6 +48,8 @@ class SamplerConfig(eqx.Module):
     denoise: bool = eqx.field(static=True)
     nfe: int = eqx.field(static=True)
     label: str = eqx.field(static=True)
+    method: str = eqx.field(static=True, default="ode")
+    options: tuple = ()
 
     def predictor_for(self, predictor):
         """The predictor to integrate with: `predictor` read along the path."""
@@ -54,7 +59,14 @@ class SamplerConfig(eqx.Module):
 
     def kwargs(self) -> dict:
         """The keyword arguments of `sf.sample` for this configuration."""
-        return dict(solver=self.solver, time_grid=self.time_grid, denoise=self.denoise)
+        out = dict(
+            solver=self.solver,
+            time_grid=self.time_grid,
+            denoise=self.denoise,
+            method=self.method,
+        )
+        out.update(dict(self.options))
+        return out
 
     def sample(self, key, predictor, shape, *, num: int, **kwargs):
         r"""`sf.sample` with this configuration; the samples are returned in the
