@@ -90,6 +90,7 @@ from ._sampling import (
     reverse_sde as reverse_sde,
     sample as sample,
     sde_convention as sde_convention,
+    step as step,
     uniform_grid as uniform_grid,
 )
 

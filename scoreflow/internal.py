@@ -59,6 +59,7 @@ from ._sampling import (
     AbstractGuidedPredictor as AbstractGuidedPredictor,
     CFGPredictor as CFGPredictor,
     ClassifierGuidedPredictor as ClassifierGuidedPredictor,
+    GivenNormals as GivenNormals,
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
     ReverseDriftTerm as ReverseDriftTerm,

@@ -52,3 +52,4 @@ from ._solvers import (
     EDMHeun as EDMHeun,
     PredictorCorrector as PredictorCorrector,
 )
+from ._step import GivenNormals as GivenNormals, step as step

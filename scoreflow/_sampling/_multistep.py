@@ -63,6 +63,18 @@ def _init_history(y0, size: int, dtype):
     )
 
 
+def _history_state(history, size: int, x, value):
+    """(values, times, count) of `_init_history` filled from a given history of
+    `(t_i, x_i, x0_i)` triples, most recent first (`value` maps a triple to what the
+    solver stores)."""
+    ms, ts, _ = _init_history(x, size, jnp.result_type(x))
+    kept = history[:size]
+    for i, point in enumerate(kept):
+        ms = ms.at[i].set(value(point))
+        ts = ts.at[i].set(jnp.asarray(point[0], ts.dtype))
+    return ms, ts, jnp.asarray(len(kept), jnp.int32)
+
+
 def _push(ms, ts, m, t):
     ms = jnp.concatenate([m[None], ms[:-1]])
     ts = jnp.concatenate([jnp.asarray(t, ts.dtype)[None], ts[:-1]])
@@ -267,6 +279,15 @@ class UniPC(AbstractDiffusionSolver):
         state = (ms, ts, jnp.minimum(n + 1, k), x_a, q_eff.astype(jnp.int32))
         return y1, None, dict(y0=y0, y1=y1), state, RESULTS.successful
 
+    def state_from_history(self, process, t, x, history):
+        k = self.order_
+        ms, ts, n = _history_state(history, k, x, lambda point: point[2])
+        # the order the previous step used: its own history had len(history) - 1
+        # points (no lower-order final step before this one)
+        p_prev = jnp.asarray(min(k, max(len(history), 1)), jnp.int32)
+        x_prev = history[0][1] if history else jnp.zeros_like(x)
+        return ms, ts, n, x_prev, p_prev
+
 
 # --------------------------------------------------------------------------- #
 # DPM-Solver++ multistep (ODE and SDE)
@@ -353,6 +374,9 @@ class AbstractDPMSolverPPMultistep(AbstractDiffusionSolver):
         y1 = _select(q, cands)
         state = (ms, ts, jnp.minimum(n + 1, k))
         return y1, None, dict(y0=y0, y1=y1), state, RESULTS.successful
+
+    def state_from_history(self, process, t, x, history):
+        return _history_state(history, self.max_order, x, lambda point: point[2])
 
 
 def _eta_field(call, eta):
@@ -498,6 +522,13 @@ class AbstractAdams(AbstractDiffusionSolver):
         y1 = ab * _select(q, cands)
         state = (es, ts, jnp.minimum(n + 1, k))
         return y1, None, dict(y0=y0, y1=y1), state, RESULTS.successful
+
+    def state_from_history(self, process, t, x, history):
+        def eps(point):
+            ti, xi, x0i = point
+            return (xi - process.alpha(ti) * x0i) / process.sigma(ti)
+
+        return _history_state(history, self.max_order, x, eps)
 
 
 class IPNDM(AbstractAdams):

@@ -36,6 +36,7 @@ from .._process import AbstractProcess, AbstractScalarProcess, require
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics, sde_convention
 from ._grids import check_time_grid, uniform_grid
 from ._solvers import AbstractDiffusionSolver, _reaches_data_end, _split_terms
+from ._step import GivenNormals, check_normals_solver, normals_per_step, shape_normals
 
 # Number of times the jitted sampler has been traced (read by the trace-count test).
 _TRACES = [0]
@@ -77,6 +78,7 @@ class _Options:
     tree: bool
     batched_key: bool
     has_noise: bool
+    has_normals: bool
     max_steps: int
     dt0: Any
     progress_meter: Any
@@ -130,7 +132,18 @@ def _traced_controller(c):
 
 @eqx.filter_jit
 def _sample_impl(
-    key, noise, cond, process, predictor, solver, controller, grid, eta, num, opts
+    key,
+    noise,
+    normals,
+    cond,
+    process,
+    predictor,
+    solver,
+    controller,
+    grid,
+    eta,
+    num,
+    opts,
 ):
     _TRACES[0] += 1
     pred = counted(predictor)
@@ -148,10 +161,12 @@ def _sample_impl(
     else:
         keys = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(num))
 
-    def terms_for(bkey):
+    def terms_for(bkey, z):
         if ode:
             return reverse_dynamics(process, pred, eta=0)
-        if opts.tree:
+        if opts.has_normals:
+            bm = GivenNormals(s_grid, z)
+        elif opts.tree:
             span = process.t1 - process.t0
             lo = jnp.minimum(0.0, s_start)
             hi = jnp.maximum(span, s_end)
@@ -170,13 +185,13 @@ def _sample_impl(
             convention=sde_convention(solver),
         )
 
-    def one(k, x_given, c):
+    def one(k, x_given, z, c):
         nkey, bkey = jr.split(k)
         if opts.has_noise:
             x = x_given
         else:  # the kernel's noise at grid[0] (without a kernel: the prior)
             x = process.initial_noise(nkey, grid[0], shape, dtype)
-        terms = terms_for(bkey)
+        terms = terms_for(bkey, z)
         calls_vf = traced_calls(
             lambda: terms.vf(s_start, x, c) if ode else terms.terms[0].vf(s_start, x, c)
         )
@@ -275,7 +290,7 @@ def _sample_impl(
         return y, stats
 
     xs = noise if opts.has_noise else None
-    return jax.vmap(one)(keys, xs, cond)
+    return jax.vmap(one)(keys, xs, normals, cond)
 
 
 # --------------------------------------------------------------------------- #
@@ -298,6 +313,7 @@ def sample(
     eta: float | Callable | None = None,
     cond: Any = None,
     noise=None,
+    normals=None,
     denoise: bool = False,
     return_trajectory: bool = False,
     return_info: bool = False,
@@ -322,6 +338,8 @@ def sample(
     - `key`: one PRNG key (sample $i$ uses `jax.random.fold_in(key, i)`, so the first
       $m$ samples of a batch do not depend on `num`), or a batch of `num` keys, one
       per sample. A batch of keys gives exactly the samples drawn one key at a time.
+      `None` for a run that draws nothing: given `noise=` and either
+      `method="ode"` or given `normals=`.
     - `process`, `predictor`: the forward process and an [`scoreflow.Predictor`][]
       (or a guided one, [`scoreflow.cfg`][]).
     - `shape`: the shape of one sample.
@@ -349,6 +367,14 @@ def sample(
       $\sigma(t_\text{start})\,z$ with $z \sim N(0, I)$ from the sample's key only
       (for a process without a Gaussian kernel: `process.prior_sample`, e.g. the
       stationary density, meant for $t_\text{start} = t_1$).
+    - `normals`: the standard normal draws of every step of a stochastic fixed-grid
+      run (`method="sde"`), instead of a Brownian path from the key: shape
+      `(num, steps, k, *shape)`, `k` the draws one step reads
+      (`solver.normals_per_step()`: 1 for diffrax's Euler/Heun and most samplers,
+      `corrector_steps + 1` for [`scoreflow.PredictorCorrector`][]); with `k = 1`
+      also `(num, steps, *shape)`. This replays another library's
+      `variance_noise`/generator draws ([`scoreflow.internal.GivenNormals`][]);
+      solvers that need a Lévy area (ShARK, SRA1, SEA) refuse it.
     - `denoise`: finish with one Tweedie step $\hat x_0(t_\text{end}, x)$.
     - `return_trajectory`: store the states at every grid time (adaptive: at every
       step, padded with `inf`) in `info["trajectory"]`, times in `info["ts"]`.
@@ -478,6 +504,35 @@ def sample(
     tree = brownian == "tree" or (adaptive and method == "sde")
     dtype = jnp.result_type(float)
     grid = jnp.asarray(grid, dtype)
+    if normals is not None:
+        if method != "sde":
+            raise ValueError(
+                f"`{call}(normals=...)` are the draws of a stochastic run; pass "
+                "method='sde' (method='ode' draws nothing)."
+            )
+        if adaptive or brownian == "tree":
+            raise ValueError(
+                f"`{call}(normals=...)` gives the draws of each step of a fixed grid: "
+                "pass steps= or time_grid= (no adaptive stepsize_controller) and the "
+                "default brownian='increments'."
+            )
+        check_normals_solver(solver, call)
+        normals = shape_normals(
+            normals,
+            (num, int(grid.shape[0]) - 1),
+            normals_per_step(solver),
+            shape,
+            dtype,
+            call,
+        )
+    if key is None:
+        if noise is None or (method == "sde" and normals is None):
+            raise ValueError(
+                f"`{call}(key=None)` is for runs that draw nothing: pass the initial "
+                "points as noise= and use method='ode' (or give the stochastic draws "
+                "as normals=); otherwise pass a PRNG key, e.g. jax.random.key(0)."
+            )
+        key = jr.PRNGKey(0)  # never drawn from
     if noise is not None:
         noise = jnp.asarray(noise)
         if noise.shape != (num, *shape):
@@ -510,6 +565,7 @@ def sample(
             num=num,
             batch_size=batch_size,
             noise=noise,
+            normals=normals,
             cond=cond,
             grid=grid,
             adaptive=adaptive,
@@ -531,7 +587,7 @@ def sample(
     has_noise = noise is not None
     if noise is None:
         noise = _Template(template)
-    key, noise, cond, batched = _shard(key, noise, cond, num, batched)
+    key, noise, normals, cond, batched = _shard(key, noise, normals, cond, num, batched)
     opts = _Options(
         method=method,
         fixed=not adaptive,
@@ -541,13 +597,25 @@ def sample(
         tree=tree,
         batched_key=batched,
         has_noise=has_noise,
+        has_normals=normals is not None,
         max_steps=int(max_steps),
         dt0=dt0,
         progress_meter=progress_meter,
         throw=bool(throw),
     )
     xs, info = _sample_impl(
-        key, noise, cond, process, predictor, solver, controller, grid, eta_, num, opts
+        key,
+        noise,
+        normals,
+        cond,
+        process,
+        predictor,
+        solver,
+        controller,
+        grid,
+        eta_,
+        num,
+        opts,
     )
     if not return_info:
         return xs
@@ -566,6 +634,7 @@ def _sample_chunked(
     num,
     batch_size,
     noise,
+    normals,
     cond,
     grid,
     adaptive,
@@ -586,6 +655,7 @@ def _sample_chunked(
             num=int(idx.shape[0]),
             time_grid=None if adaptive else grid,
             noise=None if noise is None else noise[idx],
+            normals=None if normals is None else normals[idx],
             cond=None
             if cond is None
             else jax.tree_util.tree_map(lambda c: c[idx], cond),
@@ -619,11 +689,11 @@ class _Template(eqx.Module):
         self.shape, self.dtype = tuple(sds.shape), sds.dtype
 
 
-def _shard(key, noise, cond, num, batched):
+def _shard(key, noise, normals, cond, num, batched):
     """Shard the batch across devices when several exist (and `num` divides)."""
     devices = jax.devices()
     if len(devices) < 2 or num % len(devices):
-        return key, noise, cond, batched
+        return key, noise, normals, cond, batched
     mesh = Mesh(np.array(devices), ("batch",))
     sh = NamedSharding(mesh, PartitionSpec("batch"))
     if not batched:
@@ -633,6 +703,8 @@ def _shard(key, noise, cond, num, batched):
         key = put_global(key, sh)
     if isinstance(noise, jax.Array):
         noise = put_global(noise, sh)
+    if normals is not None:
+        normals = put_global(normals, sh)
     if cond is not None:
         cond = put_global(cond, sh)
-    return key, noise, cond, True
+    return key, noise, normals, cond, True

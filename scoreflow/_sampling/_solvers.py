@@ -144,6 +144,22 @@ class AbstractDiffusionSolver(diffrax.AbstractSolver):
     def order(self, terms):
         return 1
 
+    def normals_per_step(self) -> int:
+        """How many standard normals one stochastic step reads from the Brownian
+        path (the `k` of `sf.sample(normals=...)` and `sf.step(normals=...)`)."""
+        return 1
+
+    def state_from_history(self, process, t, x, history):
+        """The solver state at `(t, x)` given the earlier points of the run, most
+        recent first, as `(t_i, x_i, x0_i)` triples (see [`scoreflow.step`][]).
+        Samplers without memory have none to take."""
+        if history:
+            raise ValueError(
+                f"`sf.step(history=...)`: sf.{type(self).__name__} keeps no history "
+                "between steps (a one-step method); leave history out."
+            )
+        return None
+
 
 def _ddim(drift, s0, s1, x, cond, eta, z):
     p = drift.process
@@ -270,6 +286,13 @@ class DPMSolverPP2M(AbstractDiffusionSolver):
         y1 = (sb / sa) * y0 - ab * jnp.expm1(-h) * d
         state = (x0, h, jnp.array(True))
         return y1, None, dict(y0=y0, y1=y1), state, RESULTS.successful
+
+    def state_from_history(self, process, t, x, history):
+        if not history:
+            return (jnp.zeros_like(x), jnp.zeros((), x.dtype), jnp.array(False))
+        t_prev, _, x0_prev = history[0]
+        h = (process.log_snr(t) - process.log_snr(t_prev)) / 2
+        return (x0_prev, jnp.asarray(h, x.dtype), jnp.array(True))
 
 
 class EDMHeun(AbstractDiffusionSolver):
@@ -420,6 +443,9 @@ class PredictorCorrector(AbstractDiffusionSolver):
 
     def strong_order(self, terms):
         return 0.5
+
+    def normals_per_step(self) -> int:
+        return self.corrector_steps + 1
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         drift, noise = _split_terms(terms, "sf.PredictorCorrector")
