@@ -85,8 +85,9 @@ def test_public_names_are_few_and_the_moved_ones_are_gone():
     # Gaussian and scalar rungs, DeclaredProcess, DeclaredSDE). The same wave then
     # added new concepts, one name each: 6 samplers, 3 grids, 2 path functions and
     # the default (issue 13), `chunked` (issue 16), 8 for one/few-step generation
-    # (issue 17). Classes that a factory returns live in `sf.internal`.
-    assert 60 <= len(top) <= 105, len(top)
+    # (issue 17), and issue 15 the `peers` namespace and `step`. Classes that a
+    # factory returns live in `sf.internal`.
+    assert 60 <= len(top) <= 107, len(top)
     assert not set(top) & set(sf._MOVED_TO_INTERNAL)
     assert "importlib" not in top
 
