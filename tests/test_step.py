@@ -98,8 +98,9 @@ def test_dpmpp2m_step_with_history():
 )
 def test_history_chain_equals_sample(solver):
     """Steps with the history given by hand retrace `sf.sample` on the same grid."""
-    want = sf.sample(None, P, PRED, (2,), num=1, solver=solver, time_grid=GRID,
-                     noise=X[None])[0]
+    want = sf.sample(
+        None, P, PRED, (2,), num=1, solver=solver, time_grid=GRID, noise=X[None]
+    )[0]
     x, history = X, []
     for ta, tb in zip(GRID[:-1], GRID[1:]):
         x_next = sf.step(solver, P, PRED, ta, tb, x, history=history)
@@ -110,8 +111,9 @@ def test_history_chain_equals_sample(solver):
 
 def test_unipc_state_chain_and_history():
     solver = sf.UniPC()
-    want = sf.sample(None, P, PRED, (2,), num=1, solver=solver, time_grid=GRID,
-                     noise=X[None])[0]
+    want = sf.sample(
+        None, P, PRED, (2,), num=1, solver=solver, time_grid=GRID, noise=X[None]
+    )[0]
     x, state = X, None
     history = []
     for ta, tb in zip(GRID[:-1], GRID[1:]):
@@ -133,8 +135,18 @@ def test_sample_replays_given_normals():
     zs = jax.random.normal(jax.random.key(1), (3, 4, 2), jnp.float64)
     x0s = jnp.zeros((3, 2))
     for solver in (sf.DDPM(), diffrax.Euler()):
-        ys = sf.sample(None, P, PRED, (2,), num=3, method="sde", solver=solver,
-                       time_grid=GRID, noise=x0s, normals=zs)
+        ys = sf.sample(
+            None,
+            P,
+            PRED,
+            (2,),
+            num=3,
+            method="sde",
+            solver=solver,
+            time_grid=GRID,
+            noise=x0s,
+            normals=zs,
+        )
         for i in range(3):
             x = x0s[i]
             for j, (ta, tb) in enumerate(zip(GRID[:-1], GRID[1:])):
@@ -146,8 +158,18 @@ def test_predictor_corrector_reads_k_normals():
     solver = sf.PredictorCorrector(corrector_steps=2)
     assert solver.normals_per_step() == 3
     zs = jax.random.normal(jax.random.key(2), (2, 4, 3, 2), jnp.float64)
-    ys = sf.sample(None, P, PRED, (2,), num=2, method="sde", solver=solver,
-                   time_grid=GRID, noise=jnp.ones((2, 2)), normals=zs)
+    ys = sf.sample(
+        None,
+        P,
+        PRED,
+        (2,),
+        num=2,
+        method="sde",
+        solver=solver,
+        time_grid=GRID,
+        noise=jnp.ones((2, 2)),
+        normals=zs,
+    )
     x = jnp.ones(2)
     for j, (ta, tb) in enumerate(zip(GRID[:-1], GRID[1:])):
         x = sf.step(solver, P, PRED, ta, tb, x, method="sde", normals=zs[0, j])
@@ -155,15 +177,26 @@ def test_predictor_corrector_reads_k_normals():
     # each draw matters (none is read twice or skipped)
     for k in range(3):
         bumped = zs.at[0, 1, k].add(1.0)
-        other = sf.sample(None, P, PRED, (2,), num=2, method="sde", solver=solver,
-                          time_grid=GRID, noise=jnp.ones((2, 2)), normals=bumped)
+        other = sf.sample(
+            None,
+            P,
+            PRED,
+            (2,),
+            num=2,
+            method="sde",
+            solver=solver,
+            time_grid=GRID,
+            noise=jnp.ones((2, 2)),
+            normals=bumped,
+        )
         assert not np.allclose(other[0], ys[0])
 
 
 def test_key_none_deterministic():
     a = sf.sample(None, P, PRED, (2,), num=2, steps=4, noise=jnp.ones((2, 2)))
-    b = sf.sample(jax.random.key(3), P, PRED, (2,), num=2, steps=4,
-                  noise=jnp.ones((2, 2)))
+    b = sf.sample(
+        jax.random.key(3), P, PRED, (2,), num=2, steps=4, noise=jnp.ones((2, 2))
+    )
     np.testing.assert_array_equal(a, b)
 
 
@@ -173,10 +206,18 @@ def test_key_none_deterministic():
         (dict(key=None), "key=None"),
         (dict(key=None, noise=jnp.ones((2, 2)), method="sde"), "key=None"),
         (dict(normals=jnp.ones((2, 4, 2))), "method='sde'"),
-        (dict(method="sde", normals=jnp.ones((2, 3, 2))), r"must have shape \(2, 4, 1, 2\)"),
-        (dict(method="sde", normals=jnp.ones((2, 4, 2)), solver=diffrax.ShARK()),
-         "Lévy area"),
-        (dict(method="sde", normals=jnp.ones((2, 4, 2)), brownian="tree"), "fixed grid"),
+        (
+            dict(method="sde", normals=jnp.ones((2, 3, 2))),
+            r"must have shape \(2, 4, 1, 2\)",
+        ),
+        (
+            dict(method="sde", normals=jnp.ones((2, 4, 2)), solver=diffrax.ShARK()),
+            "Lévy area",
+        ),
+        (
+            dict(method="sde", normals=jnp.ones((2, 4, 2)), brownian="tree"),
+            "fixed grid",
+        ),
     ],
 )
 def test_bad_normals_and_keys(kwargs, match):

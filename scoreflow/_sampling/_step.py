@@ -158,7 +158,9 @@ def step(
     """
     call = "sf.step"
     if method not in ("ode", "sde"):
-        raise ValueError(f"`{call}(method=...)` must be 'ode' or 'sde', got {method!r}.")
+        raise ValueError(
+            f"`{call}(method=...)` must be 'ode' or 'sde', got {method!r}."
+        )
     if not isinstance(solver, diffrax.AbstractSolver):
         raise TypeError(
             f"`{call}(solver, ...)` must be a diffrax solver instance such as "
@@ -180,7 +182,9 @@ def step(
                 "method='sde' (method='ode' is the probability-flow ODE)."
             )
         if eta is not None and not _is_static_zero(eta):
-            raise ValueError(f"`{call}`: eta={eta!r} adds noise, which needs method='sde'.")
+            raise ValueError(
+                f"`{call}`: eta={eta!r} adds noise, which needs method='sde'."
+            )
         terms = reverse_dynamics(process, predictor, eta=0)
     else:
         if normals is None:

@@ -10,4 +10,6 @@ recipe returns a [`scoreflow.internal.SamplerConfig`][]: pass `**cfg.kwargs()` t
 The differences kept by design are listed in `docs/coming-from.md`.
 """
 
-__all__: list[str] = []
+from ._edm import edm_sampler as edm_sampler
+
+__all__ = ["edm_sampler"]
