@@ -5,7 +5,6 @@ the paper's algorithm, with an exact Gaussian-mixture denoiser in numpy."""
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
