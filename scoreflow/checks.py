@@ -105,6 +105,14 @@ def _tiny(dtype):
     return jnp.finfo(dtype).tiny
 
 
+def _scaled(r, scale, relative):
+    """`r / scale`, or, for `relative="parts"` (used by `scoreflow.testing`, which
+    scales several residuals by one reference), the pair `(r, scale)`."""
+    if relative == "parts":
+        return r, scale
+    return r / (scale + _tiny(r.dtype))
+
+
 def _fp(drift, g2, log_prob, t, x, relative):
     t, x = _prepare(t, x)
     dt, grad, lap = _derivatives(log_prob, t, x)
@@ -121,7 +129,7 @@ def _fp(drift, g2, log_prob, t, x, relative):
         + jnp.abs(transport)
         + 0.5 * jnp.abs(g2) * (jnp.abs(lap) + sq)
     )
-    return r / (scale + _tiny(x.dtype))
+    return _scaled(r, scale, relative)
 
 
 def _fp_state(drift, g2, log_prob, t, x, relative):
@@ -165,7 +173,7 @@ def _fp_state(drift, g2, log_prob, t, x, relative):
         + jnp.abs(transport)
         + 0.5 * sum(jnp.sum(jnp.abs(a)) for a in diff_terms)
     )
-    return r / (scale + _tiny(x.dtype))
+    return _scaled(r, scale, relative)
 
 
 def fokker_planck_residual(
