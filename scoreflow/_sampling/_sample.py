@@ -83,6 +83,7 @@ class _Options:
     dt0: Any
     progress_meter: Any
     throw: bool = True
+    batch_system: bool = False
 
 
 def _levy_area(solver):
@@ -160,6 +161,11 @@ def _sample_impl(
         keys = key
     else:
         keys = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(num))
+
+    if opts.batch_system:
+        return _solve_as_one_system(
+            keys, noise, cond, process, pred, solver, controller, grid, s_grid, opts
+        )
 
     def terms_for(bkey, z):
         if ode:
@@ -293,6 +299,80 @@ def _sample_impl(
     return jax.vmap(one)(keys, xs, normals, cond)
 
 
+def _solve_as_one_system(
+    keys, noise, cond, process, pred, solver, controller, grid, s_grid, opts
+):
+    """`adaptive="batch"`: the PF-ODE of the whole batch as one system, one
+    `diffeqsolve` on the `(num, *shape)` array with one step-size controller (the
+    model vmapped inside the vector field), as torchdiffeq solves a batch. The
+    statistics are the system's: one count each."""
+    s_start, s_end = s_grid[0], s_grid[-1]
+    if opts.has_noise:
+        shape, dtype = noise.shape[1:], noise.dtype
+        x = noise
+    else:
+        shape, dtype = noise.shape, noise.dtype
+        # the same initial noise as the per-sample mode: the first half of each key
+        x = jax.vmap(
+            lambda k: process.initial_noise(jr.split(k)[0], grid[0], shape, dtype)
+        )(keys)
+    drift = reverse_dynamics(process, pred, eta=0).vector_field
+
+    def batched(s, y, c):
+        return jax.vmap(lambda yi, ci: drift(s, yi, ci))(y, c)
+
+    terms = diffrax.ODETerm(batched)
+    c0 = None if cond is None else jax.tree_util.tree_map(lambda a: a[0], cond)
+    calls_vf = traced_calls(lambda: drift(s_start, x[0], c0))
+    per_step, first, n_init, _ = _per_step(
+        solver, terms, process.t1 - process.t0, s_start, s_grid[1], x, cond, calls_vf
+    )
+    saveat = (
+        diffrax.SaveAt(t0=True, steps=True)
+        if opts.trajectory
+        else diffrax.SaveAt(t1=True)
+    )
+    sol = diffrax.diffeqsolve(
+        terms,
+        solver,
+        s_start,
+        s_end,
+        opts.dt0,
+        x,
+        args=cond,
+        saveat=saveat,
+        stepsize_controller=controller,
+        max_steps=opts.max_steps,
+        progress_meter=opts.progress_meter or diffrax.NoProgressMeter(),
+        throw=opts.throw,
+    )
+    stats = {
+        k: sol.stats[k]
+        for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
+    }
+    if opts.trajectory:
+        last = jnp.sum(jnp.isfinite(sol.ts)) - 1
+        y = sol.ys[last]
+        stats["trajectory"] = jnp.moveaxis(sol.ys, 0, 1)
+        stats["ts"] = process.t1 - sol.ts
+    else:
+        y = sol.ys[-1]
+    nfe = n_init + first + per_step * stats["num_steps"]
+    if opts.denoise:
+        nfe = nfe + traced_calls(lambda: pred.x0(grid[-1], x[0], c0))
+        y = jax.vmap(lambda yi, ci: pred.x0(grid[-1], yi, ci))(y, cond)
+    stats["nfe"] = jnp.asarray(nfe)
+    if opts.throw:
+        y = eqx.error_if(
+            y,
+            ~jnp.all(jnp.isfinite(y)),
+            "sf.sample: some samples are not finite (NaN or inf). The usual causes: "
+            "the model returns NaN or inf, a guidance scale is NaN, or the solve "
+            "diverged. Pass throw=False to get the samples anyway.",
+        )
+    return y, stats
+
+
 # --------------------------------------------------------------------------- #
 # Public entry point
 # --------------------------------------------------------------------------- #
@@ -310,6 +390,7 @@ def sample(
     steps: int | None = None,
     time_grid=None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    adaptive: str = "per_sample",
     eta: float | Callable | None = None,
     cond: Any = None,
     noise=None,
@@ -358,7 +439,23 @@ def sample(
       [`scoreflow.edm_grid`][]).
     - `stepsize_controller`: e.g. `diffrax.PIDController(rtol=..., atol=...)` for an
       adaptive solve (then neither `steps` nor `time_grid`; the solve runs over
-      $[t_0, t_1]$ and each sample takes its own steps). Tolerances are traced.
+      $[t_0, t_1]$). Tolerances are traced.
+    - `adaptive`: how an adaptive ODE solve treats the batch.
+      `"per_sample"` (default): each sample is its own ODE with its own controller
+      (vmapped), so its result and step count do not depend on the other samples, on
+      `num` or on `batch_size`; but a vmapped loop runs until the slowest sample is
+      done, so a batch costs its slowest sample's NFE in wall-clock time.
+      `"batch"`: the whole `(num, *shape)` array is one ODE with one controller (the
+      model vmapped inside the vector field), as torchdiffeq / Meta's
+      `flow_matching` solve a batch: the error norm is the RMS over every element of
+      the batch (diffrax's default `rms_norm`, torchdiffeq's too), so all samples
+      share one step sequence and the call costs one NFE count, usually well below
+      the per-sample maximum (easy samples no longer pay for hard ones, nor hard
+      ones for a tolerance met on average; `docs/benchmarks.md`). Use it for
+      throughput and to reproduce those libraries; use `"per_sample"` when each
+      sample must meet the tolerance on its own or must not depend on its batch
+      (reproducibility across `num`, chunking and sharding). Only for
+      `method="ode"` with a `stepsize_controller`.
     - `eta`: the noise level for `method="sde"` (number or callable `eta(t)`;
       default 1).
     - `cond`: a pytree of per-sample conditions with leading axis `num` (passed to
@@ -395,7 +492,10 @@ def sample(
     **Returns:** an array `(num, *shape)`; with `return_info=True` the pair
     `(samples, info)`, `info` a dict of per-sample arrays: `nfe` (network evaluations
     actually made; guidance counts twice), `num_steps`, `num_accepted_steps`,
-    `num_rejected_steps` (and `trajectory`, `ts` if asked).
+    `num_rejected_steps` (and `trajectory`, `ts` if asked). With `adaptive="batch"`
+    these counts (and `ts`) belong to the one system: shape `()` (with `batch_size`,
+    one per chunk, each chunk being its own system), `nfe` counting batched
+    evaluations of the model; `trajectory` is `(num, max_steps + 1, *shape)`.
 
     **Raises:** `ValueError` for conflicting or missing arguments (e.g. both `steps`
     and `time_grid`), an invalid grid, or `eta` with `method="ode"`.
@@ -408,6 +508,9 @@ def sample(
     xs, info = sf.sample(key, p, pred, (2,), num=1000, solver=diffrax.Tsit5(),
                          stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-5),
                          return_info=True)
+    xs, info = sf.sample(key, p, pred, (2,), num=1000, solver=diffrax.Dopri5(),
+                         stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-5),
+                         adaptive="batch", return_info=True)   # info["nfe"]: one count
     xs = sf.sample(key, p, pred, (2,), num=1000, solver=sf.DPMSolverPP2M(),
                    time_grid=sf.log_snr_grid(p, 10))
     ```
@@ -460,9 +563,27 @@ def sample(
         eta_ = 0
     else:
         eta_ = _as_eta(1.0 if eta is None else eta)
-    adaptive = stepsize_controller is not None and not isinstance(
+    is_adaptive = stepsize_controller is not None and not isinstance(
         stepsize_controller, (diffrax.ConstantStepSize, diffrax.StepTo)
     )
+    if adaptive not in ("per_sample", "batch"):
+        raise ValueError(
+            f"`{call}(adaptive=...)` must be 'per_sample' or 'batch', got {adaptive!r}."
+        )
+    batch_system = adaptive == "batch"
+    if batch_system and not is_adaptive:
+        raise ValueError(
+            f"`{call}(adaptive='batch')` solves the batch as one system with one "
+            "step-size controller: it needs an adaptive stepsize_controller= (e.g. "
+            "diffrax.PIDController(rtol=1e-5, atol=1e-5)). Fixed grids (steps= or "
+            "time_grid=) already step every sample together; drop adaptive=."
+        )
+    if batch_system and method != "ode":
+        raise ValueError(
+            f"`{call}(adaptive='batch')` is for method='ode' only (one ODE for the "
+            "whole batch); adaptive SDE solves keep one Brownian path and one "
+            "controller per sample: use adaptive='per_sample'."
+        )
     if isinstance(stepsize_controller, diffrax.StepTo):
         raise ValueError(
             f"`{call}`: pass the grid as time_grid= (in process time), not StepTo."
@@ -472,7 +593,7 @@ def sample(
             f"`{call}`: pass either steps= or time_grid=, not both (got steps={steps!r} "
             "and a time grid); the grid already fixes the number of steps."
         )
-    if adaptive:
+    if is_adaptive:
         if steps is not None or time_grid is not None:
             raise ValueError(
                 f"`{call}`: an adaptive stepsize_controller chooses its own steps; do not "
@@ -501,7 +622,7 @@ def sample(
             else check_time_grid(time_grid, process, call=f"{call}(time_grid=...)")
         )
         controller = None
-    tree = brownian == "tree" or (adaptive and method == "sde")
+    tree = brownian == "tree" or (is_adaptive and method == "sde")
     dtype = jnp.result_type(float)
     grid = jnp.asarray(grid, dtype)
     if normals is not None:
@@ -568,13 +689,15 @@ def sample(
             normals=normals,
             cond=cond,
             grid=grid,
-            adaptive=adaptive,
+            adaptive=is_adaptive,
+            batch_system=batch_system,
             return_info=return_info,
             return_trajectory=return_trajectory,
             kwargs=dict(
                 method=method,
                 solver=solver,
                 stepsize_controller=stepsize_controller,
+                adaptive=adaptive,
                 eta=eta,
                 denoise=denoise,
                 brownian=brownian,
@@ -590,7 +713,7 @@ def sample(
     key, noise, normals, cond, batched = _shard(key, noise, normals, cond, num, batched)
     opts = _Options(
         method=method,
-        fixed=not adaptive,
+        fixed=not is_adaptive,
         use_diffeqsolve=progress_meter is not None,
         denoise=bool(denoise),
         trajectory=bool(return_trajectory),
@@ -602,6 +725,7 @@ def sample(
         dt0=dt0,
         progress_meter=progress_meter,
         throw=bool(throw),
+        batch_system=batch_system,
     )
     xs, info = _sample_impl(
         key,
@@ -638,6 +762,7 @@ def _sample_chunked(
     cond,
     grid,
     adaptive,
+    batch_system,
     return_info,
     return_trajectory,
     kwargs,
@@ -667,6 +792,12 @@ def _sample_chunked(
         info = {
             k: v for k, v in info.items() if not (k == "ts" and not return_trajectory)
         }
+        if batch_system:  # the chunk's one count, repeated per sample for `chunked`
+            n = int(idx.shape[0])
+            info = {
+                k: v if k == "trajectory" else jnp.broadcast_to(v, (n, *jnp.shape(v)))
+                for k, v in info.items()
+            }
         return xs, info
 
     xs, info = chunked(run, num, int(batch_size), key=None if batched else key)
@@ -674,6 +805,11 @@ def _sample_chunked(
     if not return_info:
         return xs
     info = {k: jnp.asarray(v) for k, v in info.items()}
+    if batch_system:  # one value per chunk (each chunk is one system)
+        info = {
+            k: v if k == "trajectory" else v[:: int(batch_size)]
+            for k, v in info.items()
+        }
     if not return_trajectory:
         info["ts"] = grid
     return xs, info

@@ -8,8 +8,27 @@ recipe returns a [`scoreflow.internal.SamplerConfig`][]: pass `**cfg.kwargs()` t
 [`scoreflow.sample`][] or call `cfg.sample(key, predictor, shape, num=n)`.
 
 The differences kept by design are listed in `docs/coming-from.md`.
+
+**EDM and k-diffusion.** [`edm_sampler`][scoreflow.peers.edm_sampler] is EDM's
+`edm_sampler` and k-diffusion's `sample_heun` on Karras levels.
+
+**Meta's flow_matching.** [`flow_matching_velocity`][scoreflow.peers.flow_matching_velocity]
+turns its velocity network (data at $u = 1$) into a scoreflow predictor,
+[`flow_matching_process`][scoreflow.peers.flow_matching_process] gives the process of
+each of its five schedulers, and
+[`flow_matching_ode`][scoreflow.peers.flow_matching_ode] its `ODESolver.sample`.
 """
 
 from ._edm import edm_sampler as edm_sampler
+from ._flow_matching import (
+    flow_matching_ode as flow_matching_ode,
+    flow_matching_process as flow_matching_process,
+    flow_matching_velocity as flow_matching_velocity,
+)
 
-__all__ = ["edm_sampler"]
+__all__: list[str] = [
+    "edm_sampler",
+    "flow_matching_ode",
+    "flow_matching_process",
+    "flow_matching_velocity",
+]
