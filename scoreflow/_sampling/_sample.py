@@ -631,7 +631,7 @@ def sample(
                 f"`{call}(normals=...)` are the draws of a stochastic run; pass "
                 "method='sde' (method='ode' draws nothing)."
             )
-        if adaptive or brownian == "tree":
+        if is_adaptive or brownian == "tree":
             raise ValueError(
                 f"`{call}(normals=...)` gives the draws of each step of a fixed grid: "
                 "pass steps= or time_grid= (no adaptive stepsize_controller) and the "
