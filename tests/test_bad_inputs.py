@@ -203,14 +203,16 @@ BAD_INPUTS = [
         r"depends on x.*need the state x",
     ),
     (
-        "alpha beyond t1",
-        lambda: (
-            finite_or_raise(rf().alpha(2.0), "alpha(2)")
-            and silent(vp().alpha(2.0), "VP.alpha(2.0)")
-        ),
+        "grid beyond t1",
+        lambda: sf.uniform_grid(vp(), 4, t_start=2.0),
         ValueError,
-        r"t1|outside",
-        xfail("defect 7, p.alpha(t) outside [t0, t1] returns a value (lead: process)"),
+        r"outside|t1",
+    ),
+    (
+        "SigmaTime beyond the range",
+        lambda: np.asarray(sf.SigmaTime(vp()).to_t(1e4)),
+        eqx.EquinoxRuntimeError,
+        r"log-SNR outside the process's range",
     ),
     (
         "t_from_log_snr below range",
@@ -420,3 +422,12 @@ def test_bad_input_is_named(fn, exc, regex):
             fn()
     message = str(info.value)
     assert re.search(regex, message, flags=re.S), message
+
+
+def test_coefficients_are_formulas_outside_the_range():
+    """The documented half of the time-range rule (docs/concepts/endpoints.md):
+    coefficients evaluate their formulas at any time, unchecked."""
+    p = sf.VP()
+    want = np.exp(-0.5 * (0.1 * 2.0 + 0.5 * (20.0 - 0.1) * 2.0**2))
+    np.testing.assert_allclose(p.alpha(2.0), want, rtol=1e-5)
+    np.testing.assert_allclose(p.alpha(0.0), 1.0, rtol=1e-6)

@@ -34,6 +34,16 @@ def _endpoints(call, process, t_start, t_end):
                 f"`{call}`: need t_start > t_end (sampling runs from noise to data), "
                 f"got t_start={t_start!r}, t_end={t_end!r}."
             )
+    lo, hi = float(process.t0), float(process.t1)
+    slack = 1e-6 * max(1.0, abs(hi))
+    for name, v in (("t_start", t_start), ("t_end", t_end)):
+        if isinstance(v, (int, float)) and not lo - slack <= v <= hi + slack:
+            raise ValueError(
+                f"`{call}`: {name}={v!r} is outside the process's time range "
+                f"[t0, t1] = [{lo:g}, {hi:g}], where its coefficients and the "
+                "predictor are defined; pass a time inside it (or declare the process "
+                "with a wider t0=/t1=)."
+            )
     dtype = jnp.result_type(float)
     return jnp.asarray(t_start, dtype), jnp.asarray(t_end, dtype)
 
