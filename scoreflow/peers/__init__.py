@@ -10,4 +10,6 @@ recipe returns a [`scoreflow.internal.SamplerConfig`][]: pass `**cfg.kwargs()` t
 The differences kept by design are listed in `docs/coming-from.md`.
 """
 
-__all__: list[str] = []
+from ._score_sde import score_sde_pc as score_sde_pc
+
+__all__: list[str] = ["score_sde_pc"]
