@@ -442,9 +442,13 @@ class PredictorCorrector(AbstractDiffusionSolver):
       ($1 - \beta_i$ for VP, 1 for VE). score_sde averages both norms over the
       batch; scoreflow samples each sample alone (a sample never depends on its
       batch), so the norms are the sample's own. score_sde's batch rule is this rule
-      for a batch of one. In low dimension $\|z\|/\|s\|$ varies a lot from sample to
-      sample (for $d = 2$, $1/\|s\|^2$ has no mean), so the step does too;
-      in image dimensions both norms concentrate.
+      for a batch of one. In image dimensions both norms concentrate and the two
+      agree; in low dimension $\|z\|/\|s\|$ varies a lot from sample to sample
+      (for $d = 2$, $1/\|s\|^2$ has no mean) and the heavy-tailed steps inflate
+      the samples: on unit-Gaussian data with the exact score and score_sde's
+      $N = 1000$ grid, the sample std is 3.0 ($d = 2$), 1.13 ($d = 16$), 1.02
+      ($d = 256$), against 1.03, 0.98, 1.00 with `"annealed"`. Prefer
+      `"annealed"` below a few hundred dimensions.
     - `step_size="annealed"`: $\epsilon = 2r^2\min(d/\|s\|^2,\ \sigma(t_a)^2)$ (the
       noise norm replaced by its mean $\sqrt d$ and the step capped at the
       Gaussian scale $2r^2\sigma^2$, no $\alpha_i$). For any
