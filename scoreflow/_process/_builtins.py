@@ -15,6 +15,7 @@ from sympy.codegen.cfunctions import expm1
 from .._symbols import t, x
 from ._build import build_symbolic
 from ._declared import AbstractDeclaredScalarProcess
+from ._ladder import level_index
 
 
 def _fmt(v) -> str:
@@ -65,6 +66,17 @@ class VP(AbstractDeclaredScalarProcess):
         )
         self._set(fields)
         self.prior = None
+
+    def discretize(self, t, n: int):
+        r"""score_sde's DDPM table (`VPSDE.discretize`): $n$ levels
+        $\beta_i = \beta(\tau_i)\,t_1/n$ at $\tau_i = i\,t_1/(n - 1)$ (with $t_1 = 1$,
+        `linspace(beta_min/n, beta_max/n, n)`), $i = \lfloor t(n - 1)/t_1\rfloor$;
+        $m_i = \sqrt{1 - \beta_i}$, $G_i^2 = \beta_i$ and the ancestral variance is
+        DDPM's "fixed large" $v_i = \beta_i$. See
+        [`scoreflow.AbstractScalarProcess.discretize`][]."""
+        _, tau = level_index(t, n, self.t1)
+        beta = self.g2(tau) * (self.t1 / n)
+        return jnp.sqrt(1 - beta), beta, beta
 
 
 class SubVP(AbstractDeclaredScalarProcess):
@@ -153,6 +165,25 @@ class VE(AbstractDeclaredScalarProcess):
         )
         self._set(fields)
         self.prior = None
+
+    def discretize(self, t, n: int):
+        r"""score_sde's SMLD ladder (`VESDE.discretize`): $n$ levels
+        $\sigma_i = \sigma_{VE}(\tau_i)$ at $\tau_i = i\,t_1/(n - 1)$ (with $t_1 = 1$,
+        `exp(linspace(log sigma_min, log sigma_max, n))`),
+        $i = \lfloor t(n - 1)/t_1\rfloor$; $m_i = 1$,
+        $G_i^2 = \sigma_i^2 - \sigma_{i-1}^2$ ($\sigma_{-1} = 0$, so $G_0 = \sigma_\min$)
+        and the ancestral variance is the SMLD posterior
+        $v_i = \sigma_{i-1}^2 G_i^2/\sigma_i^2$. The differences
+        $\sigma_i^2 - \sigma_{i-1}^2$ ($i \ge 1$) are those of the exact kernel std
+        $\sigma(t)$. See [`scoreflow.AbstractScalarProcess.discretize`][]."""
+        i, tau = level_index(t, n, self.t1)
+        lo = jnp.log(self.params["sigma_min"])
+        hi = jnp.log(self.params["sigma_max"])
+        ladder = lambda u: jnp.exp(lo + (hi - lo) * u / self.t1)  # noqa: E731
+        s2 = ladder(tau) ** 2
+        prev2 = jnp.where(i == 0, 0.0, ladder(tau - self.t1 / (n - 1)) ** 2)
+        g2 = s2 - prev2
+        return jnp.ones_like(s2), g2, prev2 * g2 / s2
 
 
 _s = sympy.Symbol("s", positive=True)

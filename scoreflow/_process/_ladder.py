@@ -247,6 +247,30 @@ class AbstractScalarProcess(AbstractGaussianProcess):
         $[\lambda(t_1), \lambda(t_0)]$."""
         return _log_snr.bisect_time(self.log_snr, lam, self.t0, self.t1)
 
+    def discretize(self, t: ScalarLike, n: int) -> tuple[Scalar, Scalar, Scalar]:
+        r"""This SDE cut into `n` discrete steps, as score_sde does
+        (`sde_lib.SDE.discretize`, Song et al. 2021): the forward step into the
+        level at time `t` is $x_i = m_i\,x_{i-1} + G_i\,z$.
+
+        **Returns:** $(m_i, G_i^2, v_i)$: the mean factor, the step's variance and the
+        variance of the ancestral (reverse) step of score_sde's
+        `AncestralSamplingPredictor`. The Langevin corrector's $\alpha_i$ is
+        $m_i^2$.
+
+        The default is score_sde's for any SDE, Euler--Maruyama at `t` itself with
+        $\Delta t = t_1/n$: $m = 1 + f(t)\Delta t$, $G^2 = g(t)^2\Delta t$,
+        $v = G^2$. [`scoreflow.VP`][] (DDPM's $\beta_i$ table) and
+        [`scoreflow.VE`][] (SMLD's $\sigma_i$ ladder) override it with score_sde's
+        tables, indexed by $i = \lfloor t\,(n - 1)/t_1\rfloor$.
+
+        **Arguments:** `t` process time in $[0, t_1]$; `n` the number of levels
+        (score_sde's `N`, a Python int $\ge 2$).
+        [arXiv:2011.13456](https://arxiv.org/abs/2011.13456)
+        """
+        dt = self.t1 / n
+        g2 = self.g2(t) * dt
+        return 1 + self.f(t) * dt, g2, g2
+
     def drift(self, t, x):
         x = jnp.asarray(x)
         return self.f(t) * x
@@ -370,3 +394,13 @@ def require(
     raise ValueError(
         f"`{call}` needs {need}; {why or f'{process!r} is not one'}.{hint}"
     )
+
+
+def level_index(t, n: int, t1):
+    r"""score_sde's level of time `t` among `n` levels on $[0, t_1]$:
+    $i = \lfloor t\,(n - 1)/t_1\rfloor$ (clipped to $[0, n - 1]$), and its time
+    $\tau_i = i\,t_1/(n - 1)$. `(i, tau_i)`, `i` an int32 array."""
+    t = jnp.asarray(t)
+    dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
+    i = jnp.clip(jnp.floor(t.astype(dtype) * (n - 1) / t1), 0, n - 1).astype(jnp.int32)
+    return i, (i * (t1 / (n - 1))).astype(dtype)

@@ -116,7 +116,13 @@ class ReverseDriftTerm(diffrax.ODETerm):
 class ReverseDiffusion(eqx.Module):
     r"""The diffusion $\eta(t)\,g(t)$ at $t = t_1 - s$, as a diagonal lineax operator
     acting on a Brownian increment shaped like `x` (for a
-    [`scoreflow.AbstractLinearProcess`][], $\eta(t)\,G(t)$ on the block axis)."""
+    [`scoreflow.AbstractLinearProcess`][], $\eta(t)\,G(t)$ on the block axis).
+
+    The noise coefficient of the reverse dynamics' `ControlTerm`, not a sampler:
+    score_sde's `ReverseDiffusionPredictor` is
+    [`scoreflow.PredictorCorrector`][]`(predictor="reverse_diffusion")` (exactly,
+    [`scoreflow.peers.score_sde_pc`][]). `sf.ReverseDiffusion` is a deprecated
+    alias of this class."""
 
     process: AbstractProcess
     eta: Any

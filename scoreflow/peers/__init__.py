@@ -12,6 +12,9 @@ The differences kept by design are listed in `docs/coming-from.md`.
 **EDM and k-diffusion.** [`edm_sampler`][scoreflow.peers.edm_sampler] is EDM's
 `edm_sampler` and k-diffusion's `sample_heun` on Karras levels.
 
+**score_sde.** [`score_sde_pc`][scoreflow.peers.score_sde_pc] is its
+`get_pc_sampler` (reverse-diffusion or ancestral predictor, Langevin corrector).
+
 **Meta's flow_matching.** [`flow_matching_velocity`][scoreflow.peers.flow_matching_velocity]
 turns its velocity network (data at $u = 1$) into a scoreflow predictor,
 [`flow_matching_process`][scoreflow.peers.flow_matching_process] gives the process of
@@ -25,10 +28,12 @@ from ._flow_matching import (
     flow_matching_process as flow_matching_process,
     flow_matching_velocity as flow_matching_velocity,
 )
+from ._score_sde import score_sde_pc as score_sde_pc
 
 __all__: list[str] = [
     "edm_sampler",
     "flow_matching_ode",
     "flow_matching_process",
     "flow_matching_velocity",
+    "score_sde_pc",
 ]
