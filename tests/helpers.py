@@ -160,12 +160,11 @@ SAMPLERS: dict[str, Sampler] = {
     "edm-heun": Sampler(sf.EDMHeun(), sf.edm_grid, 2, steps=(32, 64, 128)),
     "ddpm": Sampler(sf.DDPM(), sf.uniform_grid, None, stochastic=True),
     "ddim-eta1": Sampler(sf.DDIM(eta=1.0), sf.uniform_grid, None, stochastic=True),
-    # The annealed corrector step: score_sde's per-sample rule (the default) has
-    # heavy-tailed steps in d = 2 (1/|s|^2 has no mean), FD 0.068 against a floor of
-    # 0.014 +- 0.008 on the ring at 200 steps; it is tested exactly, and in d = 64,
-    # in test_peer_score_sde.py.
+    # The default: score_sde's corrector with the norms averaged over the batch
+    # (its per-sample form, norms="sample", is heavy-tailed in d = 2: 1/|s|^2 has no
+    # mean); tested exactly in test_peer_score_sde.py.
     "pc": Sampler(
-        sf.PredictorCorrector(step_size="annealed"),
+        sf.PredictorCorrector(),
         sf.uniform_grid,
         None,
         stochastic=True,

@@ -329,6 +329,44 @@ def test_whole_pc_run_is_score_sdes_get_pc_sampler(
         np.testing.assert_allclose(g, want, rtol=RTOL)
 
 
+def oracle_pc_batch(sde, xs, zs, *, n_steps, snr, eps):
+    """`get_pc_sampler` on a batch: the corrector's norms are batch means
+    (`torch.norm(..., dim=-1).mean()`), the reverse-diffusion predictor, denoise."""
+    x_mean = xs
+    for i, t in enumerate(np.linspace(sde.T, eps, sde.N)):
+        alpha = sde.corrector_alpha(t)
+        for j in range(n_steps):
+            noise = zs[:, i, j]
+            grad = np.stack([sde.score(x, t) for x in xs])
+            grad_norm = np.linalg.norm(grad, axis=-1).mean()
+            noise_norm = np.linalg.norm(noise, axis=-1).mean()
+            step = (snr * noise_norm / grad_norm) ** 2 * 2 * alpha
+            x_mean = xs + step * grad
+            xs = x_mean + np.sqrt(step * 2) * noise
+        pairs = [
+            oracle_predictor(sde, "reverse_diffusion", x, t, zs[b, i, n_steps])
+            for b, x in enumerate(xs)
+        ]
+        xs = np.stack([a for a, _ in pairs])
+        x_mean = np.stack([m for _, m in pairs])
+    return x_mean
+
+
+@pytest.mark.parametrize("name", ["VP", "VE"])
+def test_default_pc_averages_the_norms_over_the_batch_like_score_sde(name):
+    """Through `sf.sample` the default corrector uses the batch means of the norms,
+    exactly score_sde's rule for the whole batch."""
+    p, pred, Oracle = _setup(name)
+    n = 24
+    cfg = sf.peers.score_sde_pc(p, n, n_steps=1)
+    scale = 1.0 if name == "VP" else SMAX
+    xs, zs = _draws(5, n, 2, batch=4)
+    got = sf.sample(None, p, pred, (D,), num=4, noise=jnp.asarray(xs * scale),
+                    normals=jnp.asarray(zs), **cfg.kwargs())  # fmt: skip
+    want = oracle_pc_batch(Oracle(n), xs * scale, zs, n_steps=1, snr=0.16, eps=1e-3)
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
 def test_score_sde_pc_runs_through_sf_sample_with_its_nfe():
     p, pred, _ = _setup("VP")
     cfg = sf.peers.score_sde_pc(p, 30, n_steps=2)

@@ -155,7 +155,7 @@ def test_sample_replays_given_normals():
 
 
 def test_predictor_corrector_reads_k_normals():
-    solver = sf.PredictorCorrector(corrector_steps=2)
+    solver = sf.PredictorCorrector(corrector_steps=2, norms="sample")
     assert solver.normals_per_step() == 3
     zs = jax.random.normal(jax.random.key(2), (2, 4, 3, 2), jnp.float64)
     ys = sf.sample(

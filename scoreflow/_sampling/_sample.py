@@ -35,7 +35,12 @@ from .._distributed import put_global
 from .._process import AbstractProcess, AbstractScalarProcess, require
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics, sde_convention
 from ._grids import check_time_grid, uniform_grid
-from ._solvers import AbstractDiffusionSolver, _reaches_data_end, _split_terms
+from ._solvers import (
+    SAMPLE_AXIS,
+    AbstractDiffusionSolver,
+    _reaches_data_end,
+    _split_terms,
+)
 from ._step import GivenNormals, check_normals_solver, normals_per_step, shape_normals
 
 # Number of times the jitted sampler has been traced (read by the trace-count test).
@@ -296,7 +301,7 @@ def _sample_impl(
         return y, stats
 
     xs = noise if opts.has_noise else None
-    return jax.vmap(one)(keys, xs, normals, cond)
+    return jax.vmap(one, axis_name=SAMPLE_AXIS)(keys, xs, normals, cond)
 
 
 def _solve_as_one_system(
@@ -418,7 +423,9 @@ def sample(
 
     - `key`: one PRNG key (sample $i$ uses `jax.random.fold_in(key, i)`, so the first
       $m$ samples of a batch do not depend on `num`), or a batch of `num` keys, one
-      per sample. A batch of keys gives exactly the samples drawn one key at a time.
+      per sample. A batch of keys gives exactly the samples drawn one key at a time
+      (one exception: [`scoreflow.PredictorCorrector`][]'s default corrector, which
+      is score_sde's and averages its norms over the batch).
       `None` for a run that draws nothing: given `noise=` and either
       `method="ode"` or given `normals=`.
     - `process`, `predictor`: the forward process and an [`scoreflow.Predictor`][]

@@ -87,6 +87,20 @@ def _normals(noise, s0, s1, k: int, like, call):
     return out
 
 
+SAMPLE_AXIS = "scoreflow_samples"
+"""The vmap axis name of the samples `sf.sample` draws together."""
+
+
+def _batch_mean(v):
+    """The mean of `v` over the samples drawn together (the vmap axis
+    `SAMPLE_AXIS` of `sf.sample`); `v` itself outside such a batch (`sf.step`, a
+    batch of one)."""
+    try:
+        return jax.lax.pmean(v, SAMPLE_AXIS)
+    except NameError:
+        return v
+
+
 def _coeffs(process, t):
     return process.alpha(t), process.sigma(t), process.log_snr(t) / 2
 
@@ -461,17 +475,19 @@ class PredictorCorrector(AbstractDiffusionSolver):
     $s = \nabla\log p_{t_a}(x)$, signal-to-noise ratio $r$ = `snr`):
 
     - `step_size="score_sde"` (default), score_sde's `LangevinCorrector`:
-      $\epsilon = 2\,\alpha_i\,(r\,\|z\|/\|s\|)^2$ with $\alpha_i = m^2$
-      ($1 - \beta_i$ for VP, 1 for VE). score_sde averages both norms over the
-      batch; scoreflow samples each sample alone (a sample never depends on its
-      batch), so the norms are the sample's own. score_sde's batch rule is this rule
-      for a batch of one. In image dimensions both norms concentrate and the two
-      agree; in low dimension $\|z\|/\|s\|$ varies a lot from sample to sample
-      (for $d = 2$, $1/\|s\|^2$ has no mean) and the heavy-tailed steps inflate
-      the samples: on unit-Gaussian data with the exact score and score_sde's
-      $N = 1000$ grid, the sample std is 3.0 ($d = 2$), 1.13 ($d = 16$), 1.02
-      ($d = 256$), against 1.03, 0.98, 1.00 with `"annealed"`. Prefer
-      `"annealed"` below a few hundred dimensions.
+      $\epsilon = 2\,\alpha_i\,(r\,\overline{\|z\|}/\overline{\|s\|})^2$ with
+      $\alpha_i = m^2$ ($1 - \beta_i$ for VP, 1 for VE), the norms averaged over
+      the batch (`norms="batch"`, the default, exactly score_sde: the mean runs
+      over the samples `sf.sample` draws together, or over each chunk with
+      `batch_size=`, whose padded last chunk repeats its last sample; so, for this
+      sampler only, a sample depends on its batch). `norms="sample"` uses each
+      sample's own norms (a batch of one; what [`scoreflow.step`][] does). In image
+      dimensions both norms concentrate and the two agree; in low dimension
+      $\|z\|/\|s\|$ varies a lot from sample to sample (for $d = 2$,
+      $1/\|s\|^2$ has no mean) and per-sample steps are heavy-tailed: on
+      unit-Gaussian data with the exact score and score_sde's grid with
+      $N = 200$, the sample std is 1.004 ($d = 2$) and 1.010 ($d = 16$) with the
+      batch means, 4.15 and 1.13 with per-sample norms.
     - `step_size="annealed"`: $\epsilon = 2r^2\min(d/\|s\|^2,\ \sigma(t_a)^2)$ (the
       noise norm replaced by its mean $\sqrt d$ and the step capped at the
       Gaussian scale $2r^2\sigma^2$, no $\alpha_i$). For any
@@ -503,7 +519,8 @@ class PredictorCorrector(AbstractDiffusionSolver):
 
     **Arguments:** `snr` ($r > 0$), `corrector_steps` (int $\ge 0$), `predictor`,
     `step_size`, `levels` (None or an int $N \ge 2$), `probability_flow` (bool),
-    `final_noise` (bool); all but `snr` static.
+    `final_noise` (bool), `norms` (`"batch"` or `"sample"`); all but `snr`
+    static.
     [arXiv:2011.13456](https://arxiv.org/abs/2011.13456)
     """
 
@@ -514,6 +531,7 @@ class PredictorCorrector(AbstractDiffusionSolver):
     levels: int | None = eqx.field(static=True, default=None)
     probability_flow: bool = eqx.field(static=True, default=False)
     final_noise: bool = eqx.field(static=True, default=False)
+    norms: str = eqx.field(static=True, default="batch")
 
     def __init__(
         self,
@@ -525,8 +543,14 @@ class PredictorCorrector(AbstractDiffusionSolver):
         levels: int | None = None,
         probability_flow: bool = False,
         final_noise: bool = False,
+        norms: str = "batch",
     ):
         call = "sf.PredictorCorrector"
+        if norms not in ("batch", "sample"):
+            raise ValueError(
+                f"`{call}(norms=...)` must be 'batch' (score_sde: the corrector's "
+                f"norms averaged over the batch) or 'sample', got {norms!r}."
+            )
         if isinstance(snr, (int, float)) and snr <= 0:
             raise ValueError(f"`{call}(snr=...)` must be > 0, got {snr!r}.")
         if not isinstance(corrector_steps, int) or corrector_steps < 0:
@@ -564,6 +588,7 @@ class PredictorCorrector(AbstractDiffusionSolver):
         self.levels = levels
         self.probability_flow = bool(probability_flow)
         self.final_noise = bool(final_noise)
+        self.norms = norms
 
     def strong_order(self, terms):
         return 0.5
@@ -582,7 +607,10 @@ class PredictorCorrector(AbstractDiffusionSolver):
         s2 = jnp.sum(score**2)
         if self.step_size == "annealed":
             return 2 * self.snr**2 * jnp.minimum(score.size / s2, p.sigma(ta) ** 2)
-        return 2 * m**2 * self.snr**2 * jnp.sum(z**2) / s2
+        z_norm, s_norm = jnp.sqrt(jnp.sum(z**2)), jnp.sqrt(s2)
+        if self.norms == "batch":
+            z_norm, s_norm = _batch_mean(z_norm), _batch_mean(s_norm)
+        return 2 * m**2 * (self.snr * z_norm / s_norm) ** 2
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         call = "sf.PredictorCorrector"
