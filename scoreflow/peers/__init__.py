@@ -10,4 +10,20 @@ recipe returns a [`scoreflow.internal.SamplerConfig`][]: pass `**cfg.kwargs()` t
 The differences kept by design are listed in `docs/coming-from.md`.
 """
 
-__all__: list[str] = []
+from ._diffusers import (
+    diffusers_ddim as diffusers_ddim,
+    diffusers_ddpm as diffusers_ddpm,
+    diffusers_dpm_solver as diffusers_dpm_solver,
+    diffusers_euler as diffusers_euler,
+    diffusers_schedule as diffusers_schedule,
+    diffusers_timesteps as diffusers_timesteps,
+)
+
+__all__: list[str] = [
+    "diffusers_ddim",
+    "diffusers_ddpm",
+    "diffusers_dpm_solver",
+    "diffusers_euler",
+    "diffusers_schedule",
+    "diffusers_timesteps",
+]
