@@ -187,7 +187,9 @@ class DDPMTimesteps(TimeConvention):
 
     def to_t(self, u):
         """Timesteps `u` (integer or fractional, in $[0, N - 1]$) -> scoreflow time."""
-        u = jnp.asarray(u)
+        return _ddpm_to_t(self, jnp.asarray(u))
+
+    def _to_t(self, u):
         dtype = jnp.result_type(self.log_snrs.dtype, float)
         u = u.astype(dtype)
         n = self.num_timesteps
@@ -239,6 +241,11 @@ class DDPMTimesteps(TimeConvention):
         from ._loss._time_sampler import DiscreteTime
 
         return DiscreteTime(self, low, high)
+
+
+# Jitted as a whole: grids are built eagerly, where op-by-op dispatch would compile
+# each operation anew for every grid length.
+_ddpm_to_t = eqx.filter_jit(lambda conv, u: conv._to_t(u))
 
 
 def _log_snrs(alphas_cumprod) -> np.ndarray:

@@ -211,9 +211,9 @@ def diffusers_ddim(
 
     **Difference kept.** diffusers steps from $i$ to $i - \lfloor T/n\rfloor$
     whatever the spacing, while the next step starts from the spacing's next
-    timestep: the two differ for `"linspace"` and `"trailing"` when $n$ does not
-    divide $T$ (e.g. 10 "linspace" steps: 999 → 899, then 888 → 788, ...), which is
-    no sampler on a grid. The recipe lands on the next timestep (as
+    timestep: the two differ for `"linspace"` (e.g. 10 steps: 999 → 899, then
+    888 → 788, ...) and for `"trailing"` when $n$ does not divide $T$, which is no
+    sampler on a grid. The recipe lands on the next timestep (as
     `DDPMScheduler` does) and warns when diffusers would not.
 
     **Arguments:** `schedule`, the training table ([`scoreflow.DDPMTimesteps`][]);
@@ -222,7 +222,8 @@ def diffusers_ddim(
     `timestep_spacing`, `steps_offset`, `set_alpha_to_one` as diffusers'.
 
     **Returns:** a [`scoreflow.internal.SamplerConfig`][] (`num_inference_steps`
-    model evaluations).
+    model evaluations; one fewer where diffusers' last step, from timestep 0 to
+    $\bar\alpha_0$, does nothing).
     [arXiv:2010.02502](https://arxiv.org/abs/2010.02502)
     """
     call = "sf.peers.diffusers_ddim"
@@ -243,9 +244,9 @@ def diffusers_ddim(
             f"`{call}`: diffusers' DDIMScheduler steps from timestep {ts[k]} to "
             f"{prev[k]} (t - T // n) but starts its next step at {ts[k + 1]} "
             f"({timestep_spacing!r} spacing, {n} steps over {T}); scoreflow's grid "
-            "lands on the next timestep, so the two differ. Choose a number of steps "
-            "that divides num_train_timesteps, or 'leading' spacing, for an exact "
-            "match.",
+            "lands on the next timestep, so the two differ. For an exact match use "
+            "'leading' spacing, or 'trailing' with a number of steps that divides "
+            "num_train_timesteps.",
             stacklevel=2,
         )
     if prev[-1] >= 0:
