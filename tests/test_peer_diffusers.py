@@ -680,7 +680,7 @@ def _diffusers():
 def _torch_model(torch, ac):
     eps = np_model(ac)
 
-    def model(x, u):
+    def model(x, u):  # x: a batch of one, (1, 3) (DDPMScheduler reads shape[1])
         return torch.from_numpy(eps(float(u), x.numpy()))
 
     return model
@@ -738,13 +738,13 @@ def test_real_diffusers_ddim(eta):
     model = _torch_model(torch, ac)
     sched.set_timesteps(n)
     for j in range(3):
-        xt = torch.from_numpy(x[j])
+        xt = torch.from_numpy(x[j][None])
         for k, u in enumerate(sched.timesteps):
             z = zs[j][k] if k < n - 1 else 0 * x[j]
             xt = sched.step(
-                model(xt, u), u, xt, eta=eta, variance_noise=torch.from_numpy(z)
+                model(xt, u), u, xt, eta=eta, variance_noise=torch.from_numpy(z[None])
             ).prev_sample
-        np.testing.assert_allclose(got[j], xt.numpy(), rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(got[j], xt.numpy()[0], rtol=1e-6, atol=1e-12)
 
 
 @pytest.mark.peers
@@ -765,14 +765,16 @@ def test_real_diffusers_ddpm(monkeypatch):
     model = _torch_model(torch, ac)
     sched.set_timesteps(n)
     for j in range(3):
-        draws = iter([torch.from_numpy(z) for z in zs[j]] + [torch.zeros(SHAPE)])
+        draws = iter([torch.from_numpy(z[None]) for z in zs[j]])
         monkeypatch.setattr(
-            ddpm_module, "randn_tensor", lambda *a, **k: next(draws).double()
+            ddpm_module,
+            "randn_tensor",
+            lambda *a, **k: next(draws, torch.zeros((1, *SHAPE))).double(),
         )
-        xt = torch.from_numpy(x[j])
+        xt = torch.from_numpy(x[j][None])
         for u in sched.timesteps:
             xt = sched.step(model(xt, u), u, xt).prev_sample
-        np.testing.assert_allclose(got[j], xt.numpy(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(got[j], xt.numpy()[0], rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.peers
@@ -799,11 +801,11 @@ def test_real_diffusers_euler_and_dpm_solver(name):
     model = _torch_model(torch, ac)
     outs = []
     for j in range(3):
-        xt = torch.from_numpy(z[j]) * sched.init_noise_sigma
+        xt = torch.from_numpy(z[j][None]) * sched.init_noise_sigma
         for u in sched.timesteps:
             x_in = sched.scale_model_input(xt, u)
             xt = sched.step(model(x_in, u), u, xt).prev_sample.double()
-        outs.append(xt.numpy())
+        outs.append(xt.numpy()[0])
     # the same start in scoreflow's variable x (Euler's sample is x~ = x / alpha)
     x0 = z * float(sched.init_noise_sigma)
     if name == "euler":
