@@ -27,6 +27,7 @@ from ._process import (
     LOG_SNR_MAX as LOG_SNR_MAX,
     LOG_SNR_MIN as LOG_SNR_MIN,
     SymbolicView as SymbolicView,
+    TabulatedVP as TabulatedVP,
 )
 
 # --- predictions ---
@@ -46,6 +47,7 @@ from ._loss import (
     prediction_factor as prediction_factor,
     simulate_forward as simulate_forward,
 )
+from ._loss._time_sampler import DiscreteTime as DiscreteTime
 from ._bridge import BridgeLoss as BridgeLoss
 from ._distill import (
     ConsistencyLoss as ConsistencyLoss,

@@ -1,4 +1,6 @@
-r"""Time samplers: the density $p(t)$ on $[t_0, t_1]$ a loss draws its times from.
+r"""Time samplers: the density $p(t)$ on $[t_0, t_1]$ a loss draws its times from
+(or, for DDPM's [`DiscreteTime`][scoreflow.internal.DiscreteTime], point masses at the
+times of the training timesteps).
 
 Each sampler returns `(t, weight)` for a batch: `weight` multiplies the per-example
 loss. It is 1 for every sampler except [`scoreflow.LikelihoodImportance`][], which is
@@ -146,6 +148,73 @@ class LikelihoodImportance(AbstractTimeSampler):
         hi = process.log_snr(process.t0)
         lo = process.log_snr(process.t1)
         return (process.g2(t) / process.sigma(t) ** 2) / (hi - lo)
+
+
+class DiscreteTime(AbstractTimeSampler):
+    r"""DDPM's discrete training times (Ho et al. 2020, Algorithm 1): a timestep
+    $i \sim U\{i_\text{low}, \dots, i_\text{high}\}$ (default
+    $U\{0, \dots, N - 1\}$, diffusers' `torch.randint(0, num_train_timesteps)`),
+    mapped to scoreflow time by a [`scoreflow.DDPMTimesteps`][] convention,
+    $t = $ `convention.to_t(i)`. Build it with `convention.time_sampler()` and use it
+    with the convention's process:
+
+    ```python
+    conv = sf.DDPMTimesteps.linear()          # the table and its process
+    loss = sf.dsm_loss(conv.process, prediction="eps",
+                       time_sampler=conv.time_sampler())
+    ```
+
+    With `prediction="eps"` and the default `weighting="sigma2"` ($w = 1$ on the
+    $\varepsilon$-MSE) this is DDPM's $L_\text{simple}$.
+
+    **A discrete measure.** The times are point masses $1/K$ at the $K$ times of
+    `support()`, so there is no density in $t$: the objective is the average
+    $\frac1K\sum_i w(t_i)\,\mathbb{E}\|\hat\varepsilon - \varepsilon\|^2$, not
+    an integral over $[t_0, t_1]$. `density` raises rather than return a number that
+    pretends otherwise (so `loss.implied_weighting` is undefined for it);
+    `importance` is 1.
+
+    **Arguments:** `convention`, a `DDPMTimesteps`; `low`, `high`, the smallest and
+    largest timestep drawn (inclusive, integers in $[0, N - 1]$).
+    [arXiv:2006.11239](https://arxiv.org/abs/2006.11239)
+    """
+
+    convention: eqx.Module
+    low: int = eqx.field(static=True)
+    high: int = eqx.field(static=True)
+
+    def __init__(self, convention, low: int = 0, high: int | None = None):
+        n = int(convention.num_timesteps)
+        high = n - 1 if high is None else high
+        ok = all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (low, high)
+        ) and (0 <= low <= high <= n - 1)
+        if not ok:
+            raise ValueError(
+                "`DDPMTimesteps.time_sampler(low=..., high=...)`: need integers with "
+                f"0 <= low <= high <= N - 1 = {n - 1}, got low={low!r}, high={high!r}."
+            )
+        self.convention, self.low, self.high = convention, low, high
+
+    def sample(self, key, process, n, dtype=None):
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        i = jr.randint(key, (n,), self.low, self.high + 1)
+        t = jnp.asarray(self.convention.to_t(i), dtype)
+        return t, jnp.ones((n,), dtype)
+
+    def support(self):
+        """The `high - low + 1` times drawn, each with probability
+        `1 / (high - low + 1)`, increasing."""
+        return self.convention.to_t(jnp.arange(self.low, self.high + 1))
+
+    def density(self, process, t):
+        raise ValueError(
+            "`DiscreteTime.density`: DDPM's discrete time sampler draws point masses "
+            "(1/K at each of the K times in `.support()`), which have no density in t; "
+            "the objective is the average over those times, not an integral (see the "
+            "class docstring). Use a continuous sampler such as sf.UniformTime() for "
+            "a density."
+        )
 
 
 TIME_SAMPLERS = {

@@ -37,3 +37,4 @@ from ._linear import (
 )
 from ._log_snr import LOG_SNR_MAX as LOG_SNR_MAX, LOG_SNR_MIN as LOG_SNR_MIN
 from ._stationary import StationaryDensity as StationaryDensity
+from ._table import TabulatedVP as TabulatedVP

@@ -182,40 +182,36 @@ def check_time_grid(
     return g
 
 
-def diffusers_grid(
-    process: AbstractProcess,
+_SPACINGS = ("leading", "trailing", "linspace")
+_FAMILIES = ("ddim", "dpmsolver", "euler")
+
+
+def diffusers_timesteps(
+    call: str,
     steps: int,
     *,
-    spacing: str = "leading",
-    train_steps: int = 1000,
+    spacing: str,
+    train_steps: int,
     steps_offset: int = 0,
-) -> Float[Array, " steps+1"]:
-    r"""diffusers' timestep spacings (`DDIMScheduler`, `DPMSolverMultistepScheduler`,
-    `UniPCMultistepScheduler`; Lin et al. 2024, Table 2) on `train_steps` discrete
-    training times, mapped to scoreflow's continuous time by DDPM's rule
-    $t(i) = t_1 (i + 1)/T$, $i = 0..T - 1$, then a last step to `process.t0`.
-
-    With $T$ = `train_steps` and $N$ = `steps`, the $N$ discrete timesteps are
-
-    - `"leading"`: $i_k = k\lfloor T/N\rfloor + $ `steps_offset`, $k = N-1..0$;
-    - `"trailing"`: $i_k = \mathrm{round}(T - kT/N) - 1$, $k = 0..N-1$ (starts at
-      $t_1$; recommended by Lin et al.);
-    - `"linspace"`: $\mathrm{round}$ of $N$ points evenly spaced on $[0, T-1]$,
-      reversed.
-
-    **Arguments:** `process`, `steps` ($N \ge 1$, $N \le T$), `spacing`,
-    `train_steps` ($T$), `steps_offset` (diffusers' `steps_offset`, "leading" only).
-
-    **Returns:** a strictly decreasing array of times, shape `(steps + 1,)`: the $N$
-    timesteps (each a model evaluation for a one-evaluation solver) and `process.t0`.
-    [arXiv:2305.08891](https://arxiv.org/abs/2305.08891)
-    """
-    call = "sf.diffusers_grid"
+    family: str = "ddim",
+) -> np.ndarray:
+    """diffusers' inference timesteps (decreasing), as its `set_timesteps` computes
+    them for a scheduler `family`: `"ddim"` (`DDIMScheduler`, `DDPMScheduler`:
+    `steps` points), `"dpmsolver"` (`DPMSolverMultistepScheduler`: "linspace" and
+    "leading" space `steps + 1` points and drop the last) or `"euler"`
+    (`EulerDiscreteScheduler`: as "ddim", but "linspace" is not rounded). Integers
+    (int64), except the `"euler"` family's floats. The one copy of these rules:
+    `sf.diffusers_grid` and `sf.peers.diffusers_timesteps` call it."""
     steps = _check_steps(call, steps)
-    if spacing not in ("leading", "trailing", "linspace"):
+    if spacing not in _SPACINGS:
         raise ValueError(
-            f"`{call}(spacing=...)` must be 'leading', 'trailing' or 'linspace', got "
-            f"{spacing!r}."
+            f"`{call}`: the timestep spacing must be 'leading', 'trailing' or "
+            f"'linspace', got {spacing!r}."
+        )
+    if family not in _FAMILIES:
+        raise ValueError(
+            f"`{call}`: the scheduler must be one of {', '.join(map(repr, _FAMILIES))}, "
+            f"got {family!r}."
         )
     T = int(train_steps)
     if steps > T:
@@ -223,18 +219,81 @@ def diffusers_grid(
             f"`{call}`: steps={steps} exceeds train_steps={T} (one training timestep "
             "per step at most)."
         )
+    n = steps + 1 if family == "dpmsolver" else steps
     if spacing == "leading":
-        idx = (np.arange(steps) * (T // steps))[::-1] + int(steps_offset)
+        idx = (np.arange(n) * (T // n)).round()[::-1] + int(steps_offset)
     elif spacing == "trailing":
-        idx = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        idx = np.round(np.arange(T, 0, -T / steps)) - 1
     else:
-        idx = np.round(np.linspace(0, T - 1, steps))[::-1].astype(np.int64)
-    idx = np.clip(idx, 0, T - 1)
-    dtype = jnp.result_type(float)
-    t = jnp.asarray(process.t1, dtype) * (jnp.asarray(idx, dtype) + 1) / T
-    return check_time_grid(
-        jnp.concatenate([t, jnp.asarray([process.t0], dtype)]), process, call=call
+        idx = np.linspace(0, T - 1, n)
+        idx = (idx if family == "euler" else idx.round())[::-1]
+    if family == "dpmsolver" and spacing != "trailing":
+        idx = idx[:-1]
+    idx = idx.astype(np.float64 if family == "euler" else np.int64)
+    if np.any(idx < 0) or np.any(idx > T - 1) or np.any(np.diff(idx) >= 0):
+        raise ValueError(
+            f"`{call}`: diffusers' {spacing!r} spacing of {steps} steps over {T} "
+            f"training timesteps (steps_offset={steps_offset}) gives {idx.tolist()}, "
+            f"not strictly decreasing timesteps in [0, {T - 1}]; choose fewer steps, "
+            "another spacing or a smaller steps_offset."
+        )
+    return idx
+
+
+def diffusers_grid(
+    process: AbstractProcess,
+    steps: int,
+    *,
+    spacing: str = "leading",
+    train_steps: int = 1000,
+    steps_offset: int = 0,
+    convention=None,
+) -> Float[Array, " steps+1"]:
+    r"""diffusers' timestep spacings (`DDIMScheduler`, `DDPMScheduler`; Lin et al.
+    2024, Table 2) on `train_steps` discrete training times, mapped to scoreflow's
+    continuous time by DDPM's rule $t(i) = t_1 (i + 1)/T$, $i = 0..T - 1$, or, given
+    a [`scoreflow.DDPMTimesteps`][] `convention`, by `convention.to_t(i)` (the
+    timesteps' exact noise levels); then a last step to `process.t0` (unless the
+    last timestep is already there).
+
+    With $T$ = `train_steps` and $N$ = `steps`, the $N$ discrete timesteps are
+
+    - `"leading"`: $i_k = k\lfloor T/N\rfloor + $ `steps_offset`, $k = N-1..0$;
+    - `"trailing"`: $i_k = \mathrm{round}(T - kT/N) - 1$, $k = 0..N-1$ (starts at
+      $T - 1$; recommended by Lin et al.);
+    - `"linspace"`: $\mathrm{round}$ of $N$ points evenly spaced on $[0, T-1]$,
+      reversed.
+
+    (`sf.peers.diffusers_timesteps` gives these integers, and those of
+    `DPMSolverMultistepScheduler` and `EulerDiscreteScheduler`, which differ.)
+
+    **Arguments:** `process` (with a `convention`: `convention.process`), `steps`
+    ($N \ge 1$, $N \le T$), `spacing`, `train_steps` ($T$; with a `convention`, its
+    table's length), `steps_offset` (diffusers' `steps_offset`, "leading" only),
+    `convention`.
+
+    **Returns:** a strictly decreasing array of times, shape `(steps + 1,)`: the $N$
+    timesteps (each a model evaluation for a one-evaluation solver) and `process.t0`
+    (shape `(steps,)` where the last timestep already maps to `process.t0`).
+
+    **Raises:** `ValueError` for an unknown spacing or timesteps outside
+    $[0, T - 1]$.
+    [arXiv:2305.08891](https://arxiv.org/abs/2305.08891)
+    """
+    call = "sf.diffusers_grid"
+    T = int(train_steps) if convention is None else convention.num_timesteps
+    idx = diffusers_timesteps(
+        call, steps, spacing=spacing, train_steps=T, steps_offset=steps_offset
     )
+    dtype = jnp.result_type(float)
+    if convention is None:
+        t = jnp.asarray(process.t1, dtype) * (jnp.asarray(idx, dtype) + 1) / T
+    else:
+        t = jnp.asarray(convention.to_t(idx), dtype)
+    t0 = jnp.asarray([process.t0], dtype)
+    if float(t[-1]) > float(process.t0):
+        t = jnp.concatenate([t, t0])
+    return check_time_grid(t, process, call=call)
 
 
 def denoise_grid(process: AbstractProcess, steps: int) -> Float[Array, " steps+1"]:

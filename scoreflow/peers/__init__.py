@@ -9,6 +9,11 @@ recipe returns a [`scoreflow.internal.SamplerConfig`][]: pass `**cfg.kwargs()` t
 
 The differences kept by design are listed in `docs/coming-from.md`.
 
+**diffusers.** [`diffusers_schedule`][scoreflow.peers.diffusers_schedule] and
+[`diffusers_timesteps`][scoreflow.peers.diffusers_timesteps] build its tables and
+spacings; `diffusers_ddim`, `diffusers_ddpm`, `diffusers_euler` and
+`diffusers_dpm_solver` its schedulers' sampling loops.
+
 **EDM and k-diffusion.** [`edm_sampler`][scoreflow.peers.edm_sampler] is EDM's
 `edm_sampler` and k-diffusion's `sample_heun` on Karras levels.
 
@@ -22,6 +27,14 @@ each of its five schedulers, and
 [`flow_matching_ode`][scoreflow.peers.flow_matching_ode] its `ODESolver.sample`.
 """
 
+from ._diffusers import (
+    diffusers_ddim as diffusers_ddim,
+    diffusers_ddpm as diffusers_ddpm,
+    diffusers_dpm_solver as diffusers_dpm_solver,
+    diffusers_euler as diffusers_euler,
+    diffusers_schedule as diffusers_schedule,
+    diffusers_timesteps as diffusers_timesteps,
+)
 from ._edm import edm_sampler as edm_sampler
 from ._flow_matching import (
     flow_matching_ode as flow_matching_ode,
@@ -31,6 +44,12 @@ from ._flow_matching import (
 from ._score_sde import score_sde_pc as score_sde_pc
 
 __all__: list[str] = [
+    "diffusers_ddim",
+    "diffusers_ddpm",
+    "diffusers_dpm_solver",
+    "diffusers_euler",
+    "diffusers_schedule",
+    "diffusers_timesteps",
     "edm_sampler",
     "flow_matching_ode",
     "flow_matching_process",
