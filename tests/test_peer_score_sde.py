@@ -9,7 +9,6 @@ exactly the draws the oracle uses (k per step, the corrector's first)."""
 import os
 import sys
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -174,27 +173,6 @@ def oracle_pc(sde, x, zs, *, predictor, n_steps, snr, eps, denoise, pf=False):
 # --------------------------------------------------------------------------- #
 
 
-class GivenNormals(diffrax.AbstractPath):
-    """Increment `z[i, j] * sqrt(ds)` over the j-th of the k equal parts of step i of
-    the flipped-time grid `s` (what the solvers' `_normals` divides back out)."""
-
-    s: jax.Array
-    z: jax.Array
-    t0: jax.Array
-    t1: jax.Array
-
-    def __init__(self, s, z):
-        self.s, self.z = jnp.asarray(s), jnp.asarray(z)
-        self.t0, self.t1 = self.s[0], self.s[-1]
-
-    def evaluate(self, t0, t1=None, left=True):
-        n, k = self.z.shape[:2]
-        i = jnp.clip(jnp.searchsorted(self.s, t0, side="right") - 1, 0, n - 1)
-        part = (self.s[i + 1] - self.s[i]) / k
-        j = jnp.clip(jnp.round((t0 - self.s[i]) / part).astype(jnp.int32), 0, k - 1)
-        return self.z[i, j] * jnp.sqrt(t1 - t0)
-
-
 def _setup(name):
     if name == "VP":
         p = sf.VP(B0, B1)
@@ -204,7 +182,9 @@ def _setup(name):
 
 
 def _run(solver, process, pred, s, x, z):
-    terms = sf.reverse_sde(process, pred, GivenNormals(s, z))
+    # a plain vmap (no sample axis): the corrector's norms are each sample's own,
+    # score_sde with a batch of one
+    terms = sf.reverse_sde(process, pred, sf.internal.GivenNormals(s, z))
     state = solver.init(terms, s[0], s[1], x, None)
 
     def body(carry, ab):
