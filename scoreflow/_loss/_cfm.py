@@ -12,7 +12,6 @@ from .._process import AbstractScalarProcess, require
 from ._common import (
     SSM_HINT,
     AbstractLoss,
-    as_float_data,
     call_model,
     check_dropout,
 )
@@ -79,14 +78,11 @@ class CFMLoss(AbstractLoss):
     check_scale: bool = eqx.field(static=True)
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = as_float_data(x0)
-        dtype, n = x0.dtype, x0.shape[0]
-        k_t, k_eps, k_drop, k_pair = self._keys(key)
-        t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)
+        x0, t, wt, cond, k_eps, k_pair = self._draw(x0, key, cond)
+        dtype = x0.dtype
         eps = jr.normal(k_eps, x0.shape, dtype)
         if self.coupling == "ot":
             eps = eps[ot_coupling(k_pair, x0, eps, epsilon=self.ot_epsilon)]
-        cond = self._labels(k_drop, cond)
         process, pred = self.process, self.prediction
 
         def one(x0, eps, t, wt, c):

@@ -156,6 +156,16 @@ class AbstractLoss(eqx.Module):
     def _keys(self, key):
         return jr.split(key, 4)
 
+    def _draw(self, x0, key, cond):
+        """What every time-sampled loss draws first, from the four keys of `key`:
+        the data as floats, the times `t` and their weights `wt` (from the loss's
+        `time_sampler`), the labels after dropout; returns `(x0, t, wt, cond,
+        k_noise, k_extra)`, the last two keys for the loss's own draws."""
+        x0 = as_float_data(x0)
+        k_t, k_noise, k_drop, k_extra = self._keys(key)
+        t, wt = self.time_sampler.sample(k_t, self.process, x0.shape[0], x0.dtype)
+        return x0, t, wt, self._labels(k_drop, cond), k_noise, k_extra
+
     def _labels(self, key, cond):
         if cond is not None and self.cond_dropout > 0 and self.null_cond is None:
             raise ValueError(

@@ -17,7 +17,7 @@ from .._process import (
     AbstractScalarProcess,
     require,
 )
-from ._common import SSM_HINT, AbstractLoss, as_float_data, call_model, check_dropout
+from ._common import SSM_HINT, AbstractLoss, call_model, check_dropout
 from ._linear_dsm import linear_dsm_loss
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 from ._weighting import AbstractWeighting, as_weighting, prediction_factor
@@ -57,12 +57,9 @@ class DSMLoss(AbstractLoss):
         return model
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = as_float_data(x0)
-        dtype, n = x0.dtype, x0.shape[0]
-        k_t, k_eps, k_drop, _ = self._keys(key)
-        t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)
+        x0, t, wt, cond, k_eps, _ = self._draw(x0, key, cond)
+        dtype = x0.dtype
         eps = jr.normal(k_eps, x0.shape, dtype)
-        cond = self._labels(k_drop, cond)
         net = self.wrap(model)
         process, pred = self.process, self.prediction
 

@@ -15,7 +15,7 @@ import jax.random as jr
 import numpy as np
 
 from .._process import AbstractLinearProcess, apply_blocks, require
-from ._common import AbstractLoss, as_float_data, call_model, check_dropout
+from ._common import AbstractLoss, call_model, check_dropout
 from ._time_sampler import AbstractTimeSampler, UniformTime, as_time_sampler
 
 LINEAR_WEIGHTINGS = ("eps", "sigma2", "likelihood")
@@ -45,11 +45,8 @@ class LinearDSMLoss(AbstractLoss):
         return "score"
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = as_float_data(x0)
+        x0, t, wt, cond, k_eps, _ = self._draw(x0, key, cond)
         dtype, n = x0.dtype, x0.shape[0]
-        k_t, k_eps, k_drop, _ = self._keys(key)
-        t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)
-        cond = self._labels(k_drop, cond)
         p = self.process
         m = self.rows[0]  # the rows are a trailing set m, ..., k - 1 (static)
 

@@ -12,7 +12,7 @@ import jax.random as jr
 
 from .._process import AbstractProcess
 from .._sampling._dynamics import forward_sde
-from ._common import AbstractLoss, as_float_data, call_model, check_dropout
+from ._common import AbstractLoss, call_model, check_dropout
 from ._time_sampler import AbstractTimeSampler, as_time_sampler
 
 
@@ -69,11 +69,8 @@ class SSMLoss(AbstractLoss):
         return "score"
 
     def per_example(self, model, x0, key, cond=None):
-        x0 = as_float_data(x0)
+        x0, t, wt, cond, k_path, k_v = self._draw(x0, key, cond)
         dtype, n = x0.dtype, x0.shape[0]
-        k_t, k_path, k_drop, k_v = self._keys(key)
-        t, wt = self.time_sampler.sample(k_t, self.process, n, dtype)
-        cond = self._labels(k_drop, cond)
         process = self.process
 
         def one(x0, t, wt, kp, kv, c):
