@@ -140,10 +140,12 @@ class ConsistencyModel(AbstractFewStepModel):
         sampling is known to depend strongly on the intermediate levels (Song et al.
         2023, §6, chose them by a search on FID). The $\rho$-spacing is linear in
         $i/N$, so for $k$ dividing $N$ the $k$-step grid is every $(N/k)$-th training
-        level: each jump starts where the model was trained. It also puts the
-        intermediate levels at high noise (for `sf.RectifiedFlow`, two steps jump
-        from $t_1$ and from $t = 0.951$, $\tilde\sigma = 19.4$), where re-noising a
-        one-step sample changes it little. For another training grid, or $k$ not
+        level: each jump starts where the model was trained (for
+        `sf.RectifiedFlow`, two steps jump from $t_1$ and from $t = 0.951$,
+        $\tilde\sigma = 19.4$; the uniform grid's $t = 0.5$ lies between two training
+        levels). The levels are fixed in advance, not searched on samples; how good a
+        $k$-step sample is still depends on how accurate the model is at them (see
+        the benchmarks). For another training grid, or $k$ not
         dividing $N$, pass `time_grid=loss.sampling_grid(k)` (the training levels
         themselves, [`scoreflow.internal.ConsistencyLoss`][]).
         [arXiv:2303.01469](https://arxiv.org/abs/2303.01469)
