@@ -15,7 +15,10 @@ on the PF-ODE (`sf.sample`, 10 and 50 NFE: 5 and 25 Heun steps on `sf.edm_grid`)
 Students: `sf.consistency_loss(p, teacher=..., solver=diffrax.Heun())` (CD) and
 `sf.consistency_loss(p)` (CT) on a 16-step EDM grid (pseudo-Huber, inverse-gap weights), `sf.meanflow_loss(p)` (MF,
 no teacher), `sf.progressive_loss` (PD, DDIM). Few-step samples come from
-`sf.few_step_sample` on `sf.uniform_grid(p, k)` (CM re-noises between jumps).
+`sf.few_step_sample(..., steps=k)`, its default grid: for CD/CT the rho = 7 EDM grid,
+whose levels are every (16/k)-th training level (CM re-noises between jumps); for MF
+uniform in t. The "uniform t" rows rerun CD/CT on `sf.uniform_grid(p, k)` (the
+earlier default, intermediate levels off the training grid) for comparison.
 
 Metrics on `--eval` samples: Frechet distance to exact samples
 (`sf.metrics.frechet_distance`), and the total-variation distance between the mode
@@ -129,6 +132,11 @@ def evaluate(p, data, scale, teacher, models, pd, num, key, log=print):
             xs = sf.few_step_sample(k_s, p, model, (2,), num=num, steps=k) * scale
             rows.append((name, k, *metrics(xs, data, exact)))
             samples[(name, k)] = xs
+        if isinstance(model, sf.ConsistencyModel):
+            for k in (2, 4):
+                xs = sf.few_step_sample(k_s, p, model, (2,), num=num,
+                                        time_grid=sf.uniform_grid(p, k)) * scale
+                rows.append((f"{name}, uniform t", k, *metrics(xs, data, exact)))
     for k in (1, 2, 4):
         student, grid = pd[k]
         xs = sf.sample(k_s, p, student, (2,), num=num, solver=sf.DDIM(),

@@ -284,3 +284,55 @@ def test_training_leaves_the_declared_process_alone(getkey):
     for g in jax.tree.leaves(eqx.filter(grads.process, eqx.is_inexact_array)):
         assert np.all(g == 0)
     assert any(np.any(g != 0) for g in jax.tree.leaves(grads.net))
+
+
+# ---- the few-step grid ----------------------------------------------------------
+
+
+def rho_grid_rf(t1, t0, k, rho=7.0):
+    """Karras's rho-spacing of sigma~ = t / (1 - t) for the rectified flow, in numpy."""
+    smax, smin = t1 / (1 - t1), t0 / (1 - t0)
+    u = np.arange(k + 1) / k
+    s = (smax ** (1 / rho) + u * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    return s / (1 + s)
+
+
+def test_consistency_default_grid_is_the_training_rho_schedule(getkey):
+    p = sf.RectifiedFlow()
+    f = sf.ConsistencyModel(sf.nets.MLP(2, width=8, depth=1, key=getkey()), p)
+    loss = sf.consistency_loss(p, teacher=sf.Predictor(f.net, p, "x0"))
+    train = np.asarray(loss.grid)[::-1]  # t1 ... t0
+    np.testing.assert_allclose(train, rho_grid_rf(p.t1, p.t0, 16), rtol=1e-10)
+    for k in (1, 2, 4, 8, 16):
+        _, info = sf.few_step_sample(getkey(), p, f, (2,), num=2, steps=k,
+                                     return_info=True)
+        np.testing.assert_allclose(info["ts"], rho_grid_rf(p.t1, p.t0, k), rtol=1e-10)
+        # every jump starts on a training level
+        np.testing.assert_allclose(loss.sampling_grid(k), train[:: 16 // k], rtol=1e-12)
+        np.testing.assert_allclose(loss.sampling_grid(k), info["ts"], rtol=1e-10)
+    np.testing.assert_allclose(f.sampling_grid(2)[1], 0.9510014, rtol=1e-6)
+
+
+def test_consistency_loss_sampling_grid_picks_training_levels():
+    p = sf.VP()
+    loss = sf.consistency_loss(p, steps=6, grid="uniform")
+    train = np.asarray(loss.grid)[::-1]
+    np.testing.assert_array_equal(loss.sampling_grid(4), train[[0, 2, 3, 4, 6]])
+    with pytest.raises(ValueError, match="train with more `steps`"):
+        loss.sampling_grid(7)
+    with pytest.raises(ValueError, match="no training grid"):
+        sf.consistency_loss(p, continuous=True).sampling_grid(2)
+
+
+def test_meanflow_default_grid_stays_uniform_and_time_grid_overrides(getkey):
+    p = sf.RectifiedFlow()
+    u = sf.MeanFlowModel(sf.MeanFlowMLP(2, width=8, depth=1, key=getkey()), p)
+    _, info = sf.few_step_sample(getkey(), p, u, (2,), num=2, steps=4, return_info=True)
+    np.testing.assert_allclose(info["ts"], np.linspace(p.t1, p.t0, 5), rtol=1e-12)
+    f = sf.ConsistencyModel(sf.nets.MLP(2, width=8, depth=1, key=getkey()), p)
+    grid = sf.uniform_grid(p, 2)
+    _, info = sf.few_step_sample(getkey(), p, f, (2,), num=2, time_grid=grid,
+                                 return_info=True)
+    np.testing.assert_array_equal(info["ts"], grid)
+    with pytest.raises(ValueError, match="int >= 1"):
+        sf.few_step_sample(getkey(), p, f, (2,), num=2, steps=0)

@@ -53,6 +53,33 @@ class ConsistencyLoss(AbstractLoss):
     def prediction_type(self) -> str:
         return "consistency"
 
+    def sampling_grid(self, steps: int) -> jax.Array:
+        r"""A `steps`-step grid for [`scoreflow.few_step_sample`][]`(time_grid=...)`
+        made of the training levels: $t_1 = \tau_N$, then $\tau_{\mathrm{round}(N
+        (1 - j/k))}$ for $j = 1, \dots, k$ ($k$ = `steps` $\le N$), ending at $t_0$.
+        A discrete-time consistency model is fitted only at these levels, so each
+        jump starts where it was trained (Song et al. 2023 show that multistep
+        quality depends strongly on the intermediate levels). For the default
+        `grid="edm"` and $k$ dividing $N$ this equals [`scoreflow.edm_grid`][]`(process,
+        k)`, the default of `sf.few_step_sample` for an `sf.ConsistencyModel`.
+        [arXiv:2303.01469](https://arxiv.org/abs/2303.01469)
+        """
+        call = "sf.internal.ConsistencyLoss.sampling_grid"
+        if self.grid is None:
+            raise ValueError(
+                f"`{call}`: a continuous-time loss (continuous=True) has no training "
+                "grid; pass `time_grid=sf.edm_grid(process, k)` (or any decreasing "
+                "grid) to `sf.few_step_sample`."
+            )
+        n = self.grid.shape[0] - 1
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
+            raise ValueError(
+                f"`{call}(steps=...)` must be an int between 1 and the {n} training "
+                f"steps, got {steps!r}; train with more `steps` for a finer grid."
+            )
+        idx = [round(n * (1 - j / steps)) for j in range(steps + 1)]
+        return self.grid[jnp.asarray(idx)]
+
     # ---- the pieces, public so tests and users can check them ------------------
 
     def target_point(self, t, s, x_t, x0, eps):

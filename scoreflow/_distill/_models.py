@@ -17,6 +17,7 @@ from equinox import AbstractVar
 
 from .._precond import sigma_data_of
 from .._process import AbstractProcess
+from .._sampling import edm_grid, uniform_grid
 from ..nets import MLP
 
 
@@ -42,6 +43,11 @@ class AbstractFewStepModel(eqx.Module):
     @abc.abstractmethod
     def jump(self, key, t, r, x):
         r"""$x_r$ from $x_t$, $t_0 \le r < t \le t_1$ (`key` for any fresh noise)."""
+
+    def sampling_grid(self, steps: int):
+        r"""The default `steps`-step grid of [`scoreflow.few_step_sample`][]: here
+        [`scoreflow.uniform_grid`][]`(process, steps)`, uniform in $t$."""
+        return uniform_grid(self.process, steps)
 
 
 class ConsistencyModel(AbstractFewStepModel):
@@ -122,6 +128,29 @@ class ConsistencyModel(AbstractFewStepModel):
         var = jnp.maximum(sr**2 - (ar * p.sigma(t0) / a0) ** 2, 0.0)
         z = jr.normal(key, y.shape, y.dtype)
         return (ar / a0) * y + jnp.sqrt(var) * z
+
+    def sampling_grid(self, steps: int):
+        r"""The default `steps`-step grid of [`scoreflow.few_step_sample`][]:
+        [`scoreflow.edm_grid`][]`(process, steps)`, Karras's $\rho = 7$ spacing of
+        $\tilde\sigma = \sigma/\alpha$ from $t_1$ to $t_0$.
+
+        Why: a consistency model trained in discrete time (`sf.consistency_loss`) is
+        fitted only at the levels of its training grid, by default the $N$-step
+        $\rho = 7$ grid ($N = 16$); between them nothing constrains it, and multistep
+        sampling is known to depend strongly on the intermediate levels (Song et al.
+        2023, §6, chose them by a search on FID). The $\rho$-spacing is linear in
+        $i/N$, so for $k$ dividing $N$ the $k$-step grid is every $(N/k)$-th training
+        level: each jump starts where the model was trained (for
+        `sf.RectifiedFlow`, two steps jump from $t_1$ and from $t = 0.951$,
+        $\tilde\sigma = 19.4$; the uniform grid's $t = 0.5$ lies between two training
+        levels). The levels are fixed in advance, not searched on samples; how good a
+        $k$-step sample is still depends on how accurate the model is at them (see
+        the benchmarks). For another training grid, or $k$ not
+        dividing $N$, pass `time_grid=loss.sampling_grid(k)` (the training levels
+        themselves, [`scoreflow.internal.ConsistencyLoss`][]).
+        [arXiv:2303.01469](https://arxiv.org/abs/2303.01469)
+        """
+        return edm_grid(self.process, steps)
 
 
 class MeanFlowModel(AbstractFewStepModel):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._sampling import check_time_grid, uniform_grid
+from .._sampling import check_time_grid
 from ._models import AbstractFewStepModel
 
 
@@ -57,9 +57,16 @@ def few_step_sample(
     - `process`: the process the model was built on (must equal `model.process`).
     - `model`: an `sf.ConsistencyModel` or `sf.MeanFlowModel`.
     - `shape`, `num`: the shape of one sample and the number of samples.
-    - `steps` or `time_grid` (at most one; default `steps=1`): `steps` gives
-      [`scoreflow.uniform_grid`][]`(process, steps)`; `time_grid` is any strictly
-      decreasing array of times.
+    - `steps` or `time_grid` (at most one; default `steps=1`): `steps` gives the
+      model's `sampling_grid(steps)`: for an `sf.ConsistencyModel`
+      [`scoreflow.edm_grid`][]`(process, steps)`, the $\rho = 7$ levels on which
+      `sf.consistency_loss` trains it by default (for `steps` dividing its
+      `steps=16`, every jump starts on a training level; see
+      [`scoreflow.ConsistencyModel.sampling_grid`][]); for an `sf.MeanFlowModel`
+      [`scoreflow.uniform_grid`][]`(process, steps)` (trained on continuous times;
+      Geng et al.'s uniform steps). `time_grid` is any strictly decreasing array of
+      times, e.g. `loss.sampling_grid(k)` (the training levels of a consistency
+      loss) or `sf.uniform_grid(process, k)`.
     - `noise`: the initial points, shape `(num, *shape)` (default from `key`).
     - `return_info`: also return `info` with `nfe` and `num_steps` per sample and
       the grid `ts`, as `sf.sample(..., return_info=True)` does.
@@ -88,7 +95,13 @@ def few_step_sample(
         raise ValueError(f"`{call}`: pass either steps= or time_grid=, not both.")
     dtype = jnp.result_type(float)
     if time_grid is None:
-        grid = uniform_grid(process, 1 if steps is None else steps)
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ValueError(
+                f"`{call}(steps=...)` must be a Python int >= 1, got {steps!r}."
+            )
+        grid = model.sampling_grid(1 if steps is None else steps)
     else:
         grid = check_time_grid(time_grid, process, call=f"{call}(time_grid=...)")
     grid = jnp.asarray(grid, dtype)
