@@ -81,8 +81,9 @@ ORDER_CASES = [
 ]
 
 
-# LMS and iPNDM have one-step cross-checks below but no order band yet: on the EDM
-# grid at 16-64 steps they fit 2.55 and 2.38 (pre-asymptotic; expected 4).
+# LMS and iPNDM have their order bands in the registry (tests/helpers.py SAMPLERS,
+# fitted in tests/test_solvers.py on EDM's rho-grid: LMS 4 from 128 steps, iPNDM 2
+# there, its fixed equal-step weights cost the rest) and one-step cross-checks below.
 
 
 @pytest.mark.parametrize("solver,grid_fn,steps,expected", ORDER_CASES)
@@ -192,6 +193,39 @@ def test_ipndm_uses_adams_bashforth_coefficients():
             + (sig[3] - sig[2]) * (23 * e[2] - 16 * e[1] + 5 * e[0]) / 12
         )
         np.testing.assert_allclose(x[3], p.alpha(GRID[3]) * xt, rtol=1e-10)
+
+
+def test_ipndm_fourth_step_is_adams_bashforth_4():
+    """iPNDM's fourth step: the fixed AB4 weights (55, -59, 37, -9)/24 (Zhang & Chen
+    2023; k-diffusion's `sample_ipndm`) times the step in sigma~, not the Lagrange
+    weights of the actual unequal steps."""
+    p, pred, traj = _trajectory(sf.IPNDM(4, **LOF))
+    sig = [jnp.exp(-_lam(p, t)) for t in GRID]
+    for x in traj:
+        e = [pred.eps(GRID[i], x[i]) for i in range(4)]
+        xt = (
+            x[3] / p.alpha(GRID[3])
+            + (sig[4] - sig[3]) * (55 * e[3] - 59 * e[2] + 37 * e[1] - 9 * e[0]) / 24
+        )
+        np.testing.assert_allclose(x[4], p.alpha(GRID[4]) * xt, rtol=1e-10)
+
+
+def test_lms_fourth_step_integrates_the_cubic_interpolant():
+    """LMS (k-diffusion's `linear_multistep_coeff`): the weights are the integrals of
+    the Lagrange basis on the last four noise levels, here with numpy polynomials."""
+    p, pred, traj = _trajectory(sf.LMS(4, **LOF))
+    sig = [float(jnp.exp(-_lam(p, t))) for t in GRID]
+    nodes = sig[3::-1]  # most recent first
+    weights = []
+    for j, sj in enumerate(nodes):
+        others = [s for i, s in enumerate(nodes) if i != j]
+        ell = np.poly1d(others, r=True) / np.prod([sj - s for s in others])
+        anti = np.polyint(ell)
+        weights.append(anti(sig[4]) - anti(sig[3]))
+    for x in traj:
+        e = [pred.eps(GRID[i], x[i]) for i in (3, 2, 1, 0)]
+        xt = x[3] / p.alpha(GRID[3]) + sum(w * ej for w, ej in zip(weights, e))
+        np.testing.assert_allclose(x[4], p.alpha(GRID[4]) * xt, rtol=1e-9)
 
 
 def test_sde_variants_at_eta0_are_the_ode_methods():
