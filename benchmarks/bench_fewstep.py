@@ -98,7 +98,11 @@ def configs(vp, pred, pp, nfe, opt):
     half = max(nfe // 2, 1)
     odd = nfe % 2 == 1
     c = {
-        "VP Heun, uniform t (default today)": (vp, pred, dict(steps=half)),
+        "VP Heun, uniform t (old default)": (
+            vp,
+            pred,
+            dict(solver=diffrax.Heun(), steps=half),
+        ),
         "VP DPM++(2M), log-SNR": (
             vp,
             pred,

@@ -3,6 +3,7 @@ cross-checks against the papers' updates written out here), the time grids, and
 sampling along an equivalent path."""
 
 import diffrax
+import equinox as eqx
 import helpers
 import jax
 import jax.numpy as jnp
@@ -80,8 +81,9 @@ ORDER_CASES = [
 ]
 
 
-# LMS and iPNDM have one-step cross-checks below but no order band yet: on the EDM
-# grid at 16-64 steps they fit 2.55 and 2.38 (pre-asymptotic; expected 4).
+# LMS and iPNDM have their order bands in the registry (tests/helpers.py SAMPLERS,
+# fitted in tests/test_solvers.py on EDM's rho-grid: LMS 4 from 128 steps, iPNDM 2
+# there, its fixed equal-step weights cost the rest) and one-step cross-checks below.
 
 
 @pytest.mark.parametrize("solver,grid_fn,steps,expected", ORDER_CASES)
@@ -191,6 +193,39 @@ def test_ipndm_uses_adams_bashforth_coefficients():
             + (sig[3] - sig[2]) * (23 * e[2] - 16 * e[1] + 5 * e[0]) / 12
         )
         np.testing.assert_allclose(x[3], p.alpha(GRID[3]) * xt, rtol=1e-10)
+
+
+def test_ipndm_fourth_step_is_adams_bashforth_4():
+    """iPNDM's fourth step: the fixed AB4 weights (55, -59, 37, -9)/24 (Zhang & Chen
+    2023; k-diffusion's `sample_ipndm`) times the step in sigma~, not the Lagrange
+    weights of the actual unequal steps."""
+    p, pred, traj = _trajectory(sf.IPNDM(4, **LOF))
+    sig = [jnp.exp(-_lam(p, t)) for t in GRID]
+    for x in traj:
+        e = [pred.eps(GRID[i], x[i]) for i in range(4)]
+        xt = (
+            x[3] / p.alpha(GRID[3])
+            + (sig[4] - sig[3]) * (55 * e[3] - 59 * e[2] + 37 * e[1] - 9 * e[0]) / 24
+        )
+        np.testing.assert_allclose(x[4], p.alpha(GRID[4]) * xt, rtol=1e-10)
+
+
+def test_lms_fourth_step_integrates_the_cubic_interpolant():
+    """LMS (k-diffusion's `linear_multistep_coeff`): the weights are the integrals of
+    the Lagrange basis on the last four noise levels, here with numpy polynomials."""
+    p, pred, traj = _trajectory(sf.LMS(4, **LOF))
+    sig = [float(jnp.exp(-_lam(p, t))) for t in GRID]
+    nodes = sig[3::-1]  # most recent first
+    weights = []
+    for j, sj in enumerate(nodes):
+        others = [s for i, s in enumerate(nodes) if i != j]
+        ell = np.poly1d(others, r=True) / np.prod([sj - s for s in others])
+        anti = np.polyint(ell)
+        weights.append(anti(sig[4]) - anti(sig[3]))
+    for x in traj:
+        e = [pred.eps(GRID[i], x[i]) for i in (3, 2, 1, 0)]
+        xt = x[3] / p.alpha(GRID[3]) + sum(w * ej for w, ej in zip(weights, e))
+        np.testing.assert_allclose(x[4], p.alpha(GRID[4]) * xt, rtol=1e-9)
 
 
 def test_sde_variants_at_eta0_are_the_ode_methods():
@@ -411,3 +446,235 @@ def test_default_sampler_samples_the_data(budget):
         jnp.mean(xs, 0), jnp.cov(xs.T), gm.mean(), gm.cov()
     )
     assert fd < 0.05, fd
+
+
+# --------------------------------------------------------------------------- #
+# sf.sample's default (no solver=): the straight path, mapped back exactly
+# --------------------------------------------------------------------------- #
+
+X1 = jnp.asarray([[0.3, -0.2], [1.0, 2.0], [-1.5, 0.4]])
+
+
+def _midpoint_on_straight_path(p, gm, x1, steps):
+    """The oracle, written out: y = x/(alpha + sigma) on u = sigma/(alpha + sigma),
+    dy/du = eps_hat - x0_hat (the rectified-flow velocity of the same data),
+    `steps` explicit-midpoint steps uniform in u. Returns the states y, (steps + 1,
+    num, d)."""
+    rf = sf.straight_path(p)
+    eps, x0 = gm.eps(rf), gm.x0(rf)
+
+    @jax.jit
+    def v(u, y):
+        return jax.vmap(lambda yi: eps(u, yi) - x0(u, yi))(y)
+
+    us = np.linspace(rf.t1, rf.t0, steps + 1)
+    ys = [np.asarray(x1) / float(p.alpha(p.t1) + p.sigma(p.t1))]
+    for ua, ub in zip(us[:-1], us[1:]):
+        du, y = ub - ua, ys[-1]
+        ys.append(np.asarray(y + du * v(ua + du / 2, y + du / 2 * v(ua, y))))
+    return np.stack(ys)
+
+
+def _heun_in_t(p, pred, x1, steps):
+    """The old default, written out: Heun on dx/dt = f x - g^2 score / 2, uniform t."""
+
+    @jax.jit
+    def v(t, x):
+        s = jax.vmap(lambda xi: pred.score(t, xi))(x)
+        return p.f(t) * x - 0.5 * p.g2(t) * s
+
+    ts = np.linspace(p.t1, p.t0, steps + 1)
+    x = np.asarray(x1)
+    for ta, tb in zip(ts[:-1], ts[1:]):
+        h = tb - ta
+        k1 = v(ta, x)
+        k2 = v(tb, x + h * k1)
+        x = np.asarray(x + h / 2 * (k1 + k2))
+    return x
+
+
+def test_sample_default_is_midpoint_on_the_straight_path():
+    """No solver=: `steps` Midpoint steps on the straight path (2 * steps NFE), as
+    written out above; the same as sf.default_sampler(p, 2 * steps); info says so."""
+    p, gm, pred = setup()
+    xs, info = sf.sample(
+        None,
+        p,
+        pred,
+        (2,),
+        num=3,
+        steps=4,
+        noise=X1,
+        return_info=True,
+        return_trajectory=True,
+    )
+    ys = _midpoint_on_straight_path(p, gm, X1, 4)
+    np.testing.assert_allclose(xs, ys[-1] * (p.alpha(p.t0) + p.sigma(p.t0)), rtol=1e-10)
+    # the trajectory is x(t) = (alpha + sigma)(t) y at the source times t(u)
+    k = jax.vmap(lambda t: p.alpha(t) + p.sigma(t))(info["ts"][0])
+    want = np.moveaxis(ys, 0, 1) * np.asarray(k)[None, :, None]
+    np.testing.assert_allclose(info["trajectory"], want, rtol=1e-10)
+    assert info["sampler"] == "straight path, Midpoint, uniform u, 4 steps"
+    assert np.all(info["nfe"] == 8)
+    cfg = sf.default_sampler(p, 8)
+    assert cfg.label == info["sampler"]
+    key = jr.key(5)
+    np.testing.assert_allclose(
+        sf.sample(key, p, pred, (2,), num=3, steps=4),
+        cfg.sample(key, pred, (2,), num=3),
+        rtol=1e-13,
+    )
+
+
+def test_sample_with_heun_is_the_old_default():
+    """solver=diffrax.Heun() is the former default exactly (Heun in t, uniform grid),
+    and the new default is far more accurate at the same NFE (error against a tight
+    adaptive solve from the same noise)."""
+    p, gm, pred = setup()
+    kw = dict(num=3, noise=X1)
+    heun, info = sf.sample(
+        None, p, pred, (2,), solver=diffrax.Heun(), steps=4, return_info=True, **kw
+    )
+    np.testing.assert_allclose(heun, _heun_in_t(p, pred, X1, 4), rtol=1e-10)
+    assert "sampler" not in info  # nothing was picked
+    ref = sf.sample(
+        None,
+        p,
+        pred,
+        (2,),
+        solver=diffrax.Tsit5(),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-10),
+        **kw,
+    )
+    new = sf.sample(None, p, pred, (2,), steps=4, **kw)
+    err_new = float(jnp.max(jnp.abs(new - ref)))
+    err_heun = float(jnp.max(jnp.abs(heun - ref)))
+    assert err_new < err_heun / 5, (err_new, err_heun)
+
+
+def test_sample_default_keeps_the_process_coordinates():
+    """Same key, same initial noise as any other solver; the trajectory is x(t) at
+    the source times of the path grid; denoise, batch_size and key=None agree."""
+    p, gm, pred = setup()
+    key = jr.key(3)
+    kw = dict(num=5, steps=3, return_info=True, return_trajectory=True)
+    xs, info = sf.sample(key, p, pred, (2,), **kw)
+    _, heun = sf.sample(key, p, pred, (2,), solver=diffrax.Heun(), **kw)
+    traj, ts = info["trajectory"], info["ts"]
+    assert traj.shape == (5, 4, 2) and ts.shape == (5, 4)
+    np.testing.assert_allclose(traj[:, 0], heun["trajectory"][:, 0], rtol=1e-12)
+    np.testing.assert_allclose(traj[:, -1], xs, rtol=1e-12)
+    rf = sf.straight_path(p)
+    us = sf.uniform_grid(rf, 3)
+    np.testing.assert_allclose(ts[0, [0, -1]], [p.t1, p.t0], rtol=1e-12)
+    np.testing.assert_allclose(
+        jax.vmap(p.log_snr)(ts[0, 1:-1]), jax.vmap(rf.log_snr)(us[1:-1]), rtol=1e-8
+    )
+    # given noise (key=None), chunks, and the final Tweedie step
+    again = sf.sample(None, p, pred, (2,), num=5, steps=3, noise=traj[:, 0])
+    np.testing.assert_allclose(again, xs, rtol=1e-12, atol=1e-14)
+    chunks, cinfo = sf.sample(
+        key, p, pred, (2,), num=5, steps=3, batch_size=2, return_info=True
+    )
+    np.testing.assert_allclose(chunks, xs, rtol=1e-13)
+    assert cinfo["sampler"] == info["sampler"]
+    den = sf.sample(key, p, pred, (2,), num=5, steps=3, denoise=True)
+    t_end = pred.process.t0
+    want = jax.vmap(lambda x: pred.x0(t_end, x))(xs)
+    np.testing.assert_allclose(den, want, rtol=1e-7, atol=1e-9)
+
+
+def test_sample_default_with_guidance_and_conditions():
+    """A guided predictor with per-sample conditions: the default is the same
+    straight-path run (guidance counts twice)."""
+    p, gm, _ = setup()
+
+    def model(t, x, c):
+        return gm.eps(p)(t, x) * (1.0 + 0.1 * jnp.asarray(c, x.dtype))
+
+    cpred = sf.Predictor(model, p, prediction="eps", null_cond=jnp.asarray(0))
+    guided = sf.cfg(cpred, 2.0)
+    labels = jnp.asarray([1, 2, 0])
+    xs, info = sf.sample(
+        None, p, guided, (2,), num=3, steps=3, noise=X1, cond=labels, return_info=True
+    )
+    assert np.all(info["nfe"] == 12)
+    rf = sf.straight_path(p)
+    pp = sf.on_path(guided, rf)
+    k1 = pp.scale(rf.t1)
+    ys = sf.sample(
+        None,
+        rf,
+        pp,
+        (2,),
+        num=3,
+        solver=diffrax.Midpoint(),
+        time_grid=sf.uniform_grid(rf, 3),
+        noise=X1 * k1,
+        cond=labels,
+    )
+    np.testing.assert_allclose(xs, ys / pp.scale(rf.t0), rtol=1e-12)
+    plain = sf.sample(None, p, guided, (2,), num=3, steps=3, noise=X1)
+    assert not np.allclose(plain, xs)  # the conditions were used
+
+
+@pytest.mark.parametrize(
+    "case,why",
+    [
+        ("sde", "method='sde'"),
+        ("grid", "a given time_grid"),
+        ("adaptive", "an adaptive stepsize_controller"),
+        ("other-process", "the predictor's process differs"),
+        ("jit", "traced process parameters"),
+    ],
+)
+def test_sample_default_falls_back_to_heun(case, why):
+    """Where the straight path does not apply, the default is the former one,
+    diffrax.Heun() on the native path, exactly; info says why."""
+    p, gm, pred = setup()
+    kw = dict(num=2, steps=3)
+    run = sf.sample
+    proc = p
+    if case == "sde":
+        kw["method"] = "sde"
+    elif case == "grid":
+        kw = dict(num=2, time_grid=sf.log_snr_grid(p, 3))
+    elif case == "adaptive":
+        kw = dict(
+            num=2, stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-4)
+        )
+    elif case == "other-process":
+        proc = sf.VP(beta_max=19.0)
+    else:
+
+        def run(key, proc, pred, shape, **kw):
+            return eqx.filter_jit(
+                lambda pred: sf.sample(key, pred.process, pred, shape, **kw)
+            )(pred)
+
+    got, info = run(jr.key(0), proc, pred, (2,), return_info=True, **kw)
+    want = run(jr.key(0), proc, pred, (2,), solver=diffrax.Heun(), **kw)
+    np.testing.assert_array_equal(got, want)
+    assert info["sampler"].startswith("native path, Heun") and why in info["sampler"]
+
+
+def test_sample_default_native_for_matrix_processes():
+    p = sf.CLD()
+    pred = sf.Predictor(lambda t, x: -x, p, prediction="score")
+    got, info = sf.sample(jr.key(0), p, pred, (2, 2), num=2, steps=3, return_info=True)
+    want = sf.sample(jr.key(0), p, pred, (2, 2), num=2, steps=3, solver=diffrax.Heun())
+    np.testing.assert_array_equal(got, want)
+    assert "no scalar Gaussian kernel" in info["sampler"]
+
+
+def test_sample_default_compiles_once():
+    """The straight path is built once per process range (a fresh declared process
+    would compare unequal and recompile every call)."""
+    from scoreflow._sampling import _sample
+
+    p, _, pred = setup()
+    sf.sample(jr.key(0), p, pred, (2,), num=2, steps=3)
+    before = _sample._TRACES[0]
+    for i in range(3):
+        sf.sample(jr.key(i), p, pred, (2,), num=2, steps=3)
+    assert _sample._TRACES[0] == before

@@ -85,17 +85,27 @@ ORDER_CASES = [
 # of a uniform grid, so the order is the same) they are cleanly second order at 16..64.
 _GRID_FOR = {("EDM", sf.uniform_grid): sf.edm_grid}
 
+# LMS warms up as k-diffusion's does (step k has order min(4, k + 1)), so its first,
+# Euler, step leaves an O(h^2) error that no later step removes: asymptotically the
+# global order is 2. Where the process starts at high noise (sigma~(t1) >= 50: the
+# built-ins, the interpolants) the ODE is nearly linear in sigma~ there, that error's
+# constant is tiny and order 4 shows from 128 to 512 steps (fits 3.66-3.90; VE and
+# the callable interpolant, 3.66, begin to drift). The sympy SDE starts at
+# sigma~(t1) = 4.4, where it is not: it fits 2.07 at the same step counts.
+_ORDER_FOR = {("lms", "SDE(sympy)"): 2}
+
 
 @pytest.mark.parametrize("sampler,name", ORDER_CASES)
 def test_convergence_order(sampler, name):
     s = helpers.SAMPLERS[sampler]
     grid = _GRID_FOR.get((name, s.grid), s.grid)
     order, errs = fitted_order(s.solver, grid, s.steps, name)
+    expected = _ORDER_FOR.get((sampler, name), s.expected_order)
     print(
-        f"ORDER {sampler:10s} {name:22s} fitted {order:.3f} expected {s.order} "
+        f"ORDER {sampler:10s} {name:22s} fitted {order:.3f} expected {expected} "
         f"errs {errs}"
     )
-    assert abs(order - s.order) < 0.4, (sampler, name, order, errs)
+    assert abs(order - expected) < 0.4, (sampler, name, order, errs)
 
 
 def test_ddim_eta1_is_ddpm_and_ddim_eta0_is_deterministic():

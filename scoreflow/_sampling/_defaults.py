@@ -13,6 +13,11 @@ measured best with a fixed grid (table in `docs/concepts/samplers.md`):
   on the uniform grid, as before.
 
 `steps` is the budget of model evaluations (NFE); the configuration never uses more.
+
+`sf.sample(..., steps=N)` without `solver=` runs `default_sampler(process, 2 N)`
+(`N` Midpoint steps on the straight path, the `2 N` evaluations the old `Heun`
+default made) when it can, and says what it ran in `info["sampler"]`
+(`pick_for_sample` below decides).
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
+import numpy as np
 
+from .._predictor import AbstractPredictor
 from .._process import AbstractScalarProcess
 from ._grids import _check_steps, uniform_grid
 from ._paths import on_path, straight_path
@@ -135,3 +143,57 @@ def _(process: AbstractScalarProcess, n: int) -> SamplerConfig:
         nfe=2 * k,
         label=f"straight path, Midpoint, uniform u, {k} steps",
     )
+
+
+def _same_kernel(p, q) -> bool:
+    r"""Whether two processes have the same $t_0, t_1, \alpha(t), \sigma(t)$ (checked
+    at 7 times; `False` when their parameters are traced)."""
+    if p is q:
+        return True
+    try:
+        if float(p.t0) != float(q.t0) or float(p.t1) != float(q.t1):
+            return False
+        ts = np.linspace(float(p.t0), float(p.t1), 7)
+        for f, g in ((p.alpha, q.alpha), (p.sigma, q.sigma)):
+            a = np.asarray([float(f(t)) for t in ts])
+            b = np.asarray([float(g(t)) for t in ts])
+            if not np.allclose(a, b, rtol=1e-6, atol=0.0):
+                return False
+        return True
+    except (jax.errors.ConcretizationTypeError, AttributeError):  # traced; no kernel
+        return False
+
+
+def pick_for_sample(
+    process, predictor, *, method, steps, time_grid, stepsize_controller
+) -> tuple[SamplerConfig | None, str]:
+    r"""What `sf.sample` runs when no `solver=` is given: `(config, label)` with the
+    straight-path configuration of `default_sampler(process, 2 * steps)`, or
+    `(None, label)` for the native path with `diffrax.Heun()` (the default before
+    issue 13), the label saying why."""
+    if stepsize_controller is not None:
+        where, why = "adaptive steps", "an adaptive stepsize_controller"
+    elif time_grid is not None:
+        where, why = "the given time_grid", "a given time_grid"
+    elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        return None, "native path, Heun"  # sf.sample reports the bad steps=
+    else:
+        where, why = f"uniform t, {int(steps)} steps", None
+        if steps < 1:
+            return None, "native path, Heun"
+        if method != "ode":
+            why = "method='sde'"
+        elif not isinstance(predictor, AbstractPredictor):
+            why = "a predictor without a process"
+        else:
+            try:
+                cfg = _default_for(process, 2 * int(steps))
+            except jax.errors.ConcretizationTypeError:
+                cfg, why = None, "traced process parameters (inside jit)"
+            if cfg is not None and cfg.path != "straight":
+                why = "no scalar Gaussian kernel"
+            elif cfg is not None and not _same_kernel(process, predictor.process):
+                why = "the predictor's process differs from `process`"
+            elif cfg is not None:
+                return cfg, cfg.label
+    return None, f"native path, Heun, {where} ({why})"

@@ -19,6 +19,7 @@ integrate best (Lipman et al. 2023; Karras et al. 2022, §3).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -58,7 +59,14 @@ def straight_path(process: AbstractProcess) -> RectifiedFlow:
         a, s = float(process.alpha(t)), float(process.sigma(t))
         return s / (a + s)
 
-    return RectifiedFlow(t0=u(process.t0), t1=u(process.t1))
+    return _rectified_flow(u(process.t0), u(process.t1))
+
+
+@functools.lru_cache(maxsize=64)
+def _rectified_flow(t0: float, t1: float) -> RectifiedFlow:
+    # one object per range: a declared process's static part compares by identity,
+    # so a fresh one per call would recompile every jitted sampler that holds it
+    return RectifiedFlow(t0=t0, t1=t1)
 
 
 class PathPredictor(AbstractGuidedPredictor):
