@@ -40,14 +40,22 @@ gm = sf.toy.GaussianMixture(
 p = sf.VP()
 pred = sf.Predictor(gm.eps(p), p, prediction="eps")
 """
-IMPORTS = "import jax, jax.numpy as jnp, jax.random as jr, sympy\nimport scoreflow as sf"
+IMPORTS = (
+    "import jax, jax.numpy as jnp, jax.random as jr, sympy\nimport scoreflow as sf"
+)
 
 # (label, setup (untimed), body (timed), whole process?, prefill the disk cache?)
 ROWS = [
     ("`import jax`", "", "import jax", False, False),
     ("`import scoreflow` (after jax)", "import jax", "import scoreflow", False, False),
     ("`sf.VP()` cold", IMPORTS, "p = sf.VP()", False, False),
-    ("`sf.VP()` warm (same process)", IMPORTS + "\nsf.VP()", "p = sf.VP()", False, False),
+    (
+        "`sf.VP()` warm (same process)",
+        IMPORTS + "\nsf.VP()",
+        "p = sf.VP()",
+        False,
+        False,
+    ),
     ("`sf.CosineVP()` cold", IMPORTS, "p = sf.CosineVP()", False, False),
     ("`sf.EDM()` cold", IMPORTS, "p = sf.EDM()", False, False),
     ("`sf.RectifiedFlow()` cold", IMPORTS, "p = sf.RectifiedFlow()", False, False),
@@ -73,7 +81,13 @@ ROWS = [
         False,
         True,
     ),
-    (f"no closed form `{NO_CLOSED_FORM}` cold", IMPORTS, f"p = {NO_CLOSED_FORM}", False, False),
+    (
+        f"no closed form `{NO_CLOSED_FORM}` cold",
+        IMPORTS,
+        f"p = {NO_CLOSED_FORM}",
+        False,
+        False,
+    ),
     (
         "`sf.nets.MLP(2, key=jr.key(0))`",
         IMPORTS,

@@ -13,6 +13,7 @@ import numpy as np
 import sympy
 
 from .._symbols import x as X_SYM
+from .._warnings import user_stacklevel
 from . import _derive, _endpoints, _validate
 from ._expr import (
     Call,
@@ -26,7 +27,6 @@ from ._expr import (
 )
 from ._kernel import ClosedFormKernel, MomentKernel, MomentODE
 from ._log_snr import as_number
-from .._warnings import user_stacklevel
 
 CALLABLE_DRIFT = sympy.Symbol("drift")
 """Placeholder drift of a process declared with Python callables."""
