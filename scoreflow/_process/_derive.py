@@ -24,7 +24,6 @@ import mpmath
 import numpy as np
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
-from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
 from .._symbols import t, tau, x
 
@@ -113,8 +112,9 @@ def cache_put(name: str, key: str, value) -> None:
 def disk_cached(fn):
     """Memoise a pure sympy function in memory and on disk (pickle), keyed by the
     `srepr` of its arguments and the sympy version (`cache_key`); the shipped
-    `BUILTIN_CACHE` is read when the user's cache misses. Any cache failure is
-    ignored."""
+    `BUILTIN_CACHE` is read when the user's cache misses. A fresh value is returned
+    as it reads back from the disk cache, so the first session and later ones use
+    the same expressions. Any cache failure is ignored."""
     memo: dict = {}
 
     @functools.wraps(fn)
@@ -125,6 +125,13 @@ def disk_cached(fn):
         out = cache_get(fn.__name__, key)
         if out is _MISSING:
             out = fn(*args)
+            try:
+                # What a later session will load: unpickling re-evaluates sympy
+                # objects (e.g. 2*(a + b) becomes 2*a + 2*b), so a value is used in
+                # the form it has once stored, the same in every session.
+                out = pickle.loads(pickle.dumps(out))
+            except Exception:
+                pass
             cache_put(fn.__name__, key, out)
         memo[key] = out
         return out
@@ -577,7 +584,12 @@ def _derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation
 # Numerically stable forms, chosen by measured float32 accuracy
 # --------------------------------------------------------------------------- #
 
-_STABLE_OPTS = [expm1_opt, log1p_opt]
+def _stable_opts(form):
+    """`form` with `expm1`/`log1p` substituted where they apply (sympy's codegen
+    rewriting, imported here: it costs 30 ms at `import scoreflow`)."""
+    from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
+
+    return optimize(form, [expm1_opt, log1p_opt])
 
 
 def _exp_form(e):
@@ -617,7 +629,7 @@ def _candidates(expr):
     """Each rewrite, first with expm1/log1p substituted where they apply."""
     seen = set()
     for form in _rewrites(expr):
-        o = try_sympy(lambda: optimize(form, _STABLE_OPTS), 2.0)
+        o = try_sympy(lambda: _stable_opts(form), 2.0)
         for f in (o, form):
             if f is not None and f not in seen:
                 seen.add(f)
@@ -777,7 +789,7 @@ def _inverse_candidates(sol, var):
         if rat is not None:
             forms.append(rat)
     for form in forms:
-        for f in (form, try_sympy(lambda: optimize(form, _STABLE_OPTS), 2.0)):
+        for f in (form, try_sympy(lambda: _stable_opts(form), 2.0)):
             if f is not None and f not in seen:
                 seen.add(f)
                 out.append(f)
