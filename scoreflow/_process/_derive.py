@@ -584,6 +584,7 @@ def _derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation
 # Numerically stable forms, chosen by measured float32 accuracy
 # --------------------------------------------------------------------------- #
 
+
 def _stable_opts(form):
     """`form` with `expm1`/`log1p` substituted where they apply (sympy's codegen
     rewriting, imported here: it costs 30 ms at `import scoreflow`)."""
