@@ -170,7 +170,10 @@ def run_once(root, setup, body, whole, prefill):
             env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         if prefill:
             subprocess.run(
-                [sys.executable, "-c", setup + "\n" + body], env=env, check=True
+                [sys.executable, "-c", setup + "\n" + body],
+                env=env,
+                check=True,
+                cwd=root,
             )
         src = child_source(setup, body)
         start = time.time()
@@ -180,6 +183,7 @@ def run_once(root, setup, body, whole, prefill):
             check=True,
             capture_output=True,
             text=True,
+            cwd=root,  # `python -c` puts the working directory first on sys.path
         )
     lines = out.stdout.splitlines()
     if whole:  # from launching the process to the result (not to its exit)
@@ -197,7 +201,10 @@ def main():
     args = parser.parse_args()
     # bytecode written once, untimed, as for an installed package
     subprocess.run(
-        [sys.executable, "-c", "import scoreflow"], env=child_env(args.root), check=True
+        [sys.executable, "-c", "import scoreflow"],
+        env=child_env(args.root),
+        check=True,
+        cwd=args.root,
     )
     with open("/proc/loadavg") as fh:
         load_before = fh.read().split()[:3]
