@@ -40,15 +40,17 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+if TYPE_CHECKING:  # imported where used: optax costs 50 ms at `import scoreflow`
+    import optax
 
 from ._loss import TIME_CONVENTION
 from ._loss._common import check_data_scale
@@ -786,6 +788,8 @@ def fit(
         )
     if optimizer is None:
         _check_learning_rate(learning_rate)
+        import optax
+
         optimizer = optax.chain(
             optax.clip_by_global_norm(1.0), optax.adam(learning_rate)
         )

@@ -4,6 +4,7 @@ and check the endpoints, validate, and hand the fields to the process class."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 
 import equinox as eqx
@@ -12,6 +13,7 @@ import numpy as np
 import sympy
 
 from .._symbols import x as X_SYM
+from .._warnings import user_stacklevel
 from . import _derive, _endpoints, _validate
 from ._expr import (
     Call,
@@ -101,38 +103,90 @@ def build_symbolic(
     hints: Mapping | None = None,
 ) -> Built:
     """Derive, compile, analyse and validate a sympy declaration."""
+    subs = tuple((s, as_number(params[s.name])) for s in param_symbols)
+    hints = {} if hints is None else dict(hints)
+    key = _checked_key(call, source, exprs, subs, t0, t1, hints)
+    checked = _derive.cache_get("_checked", key)
     if source == "sde":
         drift, g = exprs
-        _validate.check_nonneg(g, param_symbols, params, call, "diffusion g(t)", t1)
+        if checked is _derive._MISSING:
+            _validate.check_nonneg(g, param_symbols, params, call, "diffusion g(t)", t1)
         d = _derive.derive_from_sde(drift, g)
     else:
         alpha, sigma = exprs
         d = _derive.derive_from_interpolant(alpha, sigma)
-    subs = tuple((s, as_number(params[s.name])) for s in param_symbols)
     horizon = 1.0 if t1 is None else float(t1)
-
-    hints = {} if hints is None else dict(hints)
 
     def stable(e, name=None):
         h = tuple(hints.get(name, ()))
         return _derive.stable_form(e, subs, horizon, h)
 
-    fns: dict[str, eqx.Module] = {"g2": Expr(stable(d.g2, "g2"))}
+    used: dict[str, sympy.Expr] = {"g2": stable(d.g2, "g2")}
     if not d.gaussian:
-        fns["drift"] = Expr(d.drift)
+        used["drift"] = d.drift
         if d.g2.has(X_SYM):
             # The plain derivative of the expanded g^2: simplify() tends to factor
             # e.g. exp(-x^2) into 1/exp(x^2), which overflows in float32.
-            fns["dg2"] = Expr(sympy.expand(sympy.diff(d.g2, X_SYM)))
+            used["dg2"] = sympy.expand(sympy.diff(d.g2, X_SYM))
     else:
-        fns["f"] = Expr(stable(d.f))
+        used["f"] = stable(d.f)
         if d.closed_form:
             for name in ("alpha", "sigma", "alpha_dot", "sigma_dot", "log_snr"):
-                fns[name] = Expr(stable(getattr(d, name), name))
-        else:
-            fns["moments"] = MomentODE(fns["f"], fns["g2"])
-    mp = None if d.gaussian and not d.closed_form else _endpoints.mp_evaluators(d, subs)
-    return _finish(call, d, param_symbols, params, fns, t0, t1, horizon, mp)
+                used[name] = stable(getattr(d, name), name)
+    fns: dict[str, eqx.Module] = {name: Expr(e) for name, e in used.items()}
+    numeric = d.gaussian and not d.closed_form
+    if numeric:
+        fns["moments"] = MomentODE(fns["f"], fns["g2"])
+    # What the checks evaluate: every compiled coefficient's expression.
+    compiled = sympy.srepr(tuple(sorted(used.items())))
+    if checked is not _derive._MISSING and checked[0] == compiled:
+        # This declaration, compiled to these expressions, passed every check below
+        # before (same parameters, range, jax and sympy): the recorded outcome.
+        ep, caught = checked[1], checked[2]
+        _rewarn(caught)
+        return _fields(call, d, param_symbols, params, fns, ep, horizon, numeric)
+    mp = None if numeric else _endpoints.mp_evaluators(d, subs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ep = _check(call, d, params, fns, t0, t1, horizon, mp)
+    caught = tuple((w.category, str(w.message)) for w in caught)
+    _rewarn(caught)
+    _derive.cache_put("_checked", key, (compiled, ep, caught))
+    return _fields(call, d, param_symbols, params, fns, ep, horizon, numeric)
+
+
+CHECKED_VERSION = 1
+"""Bump when a declaration-time check changes (invalidates recorded outcomes)."""
+
+
+def _checked_key(call, source, exprs, subs, t0, t1, hints) -> str:
+    """The key of a declaration's recorded check outcome: the declaration (its call,
+    expressions, exact parameter values, given endpoints and stable-form hints), the
+    dtype setting and the jax, jaxlib, sympy and scoreflow check versions."""
+    import jax
+    import jaxlib
+
+    hint_items = tuple((k, tuple(v)) for k, v in sorted(hints.items()))
+    return _derive.cache_key(
+        "_checked",
+        (
+            call,
+            source,
+            *exprs,
+            sympy.srepr(subs),
+            repr((t0, t1)),
+            sympy.srepr(hint_items),
+            CHECKED_VERSION,
+            jax.__version__,
+            jaxlib.__version__,
+            bool(jax.config.jax_enable_x64),
+        ),
+    )
+
+
+def _rewarn(caught):
+    for category, message in caught:
+        warnings.warn(message, category, stacklevel=user_stacklevel())
 
 
 def build_numeric(*, call: str, fns: dict, gaussian_reason: str, t0, t1) -> Built:
@@ -150,10 +204,13 @@ def build_numeric(*, call: str, fns: dict, gaussian_reason: str, t0, t1) -> Buil
             False,
             gaussian_reason,
         )
-    return _finish(call, d, (), {}, fns, t0, t1, horizon, None)
+    ep = _check(call, d, {}, fns, t0, t1, horizon, None)
+    gaussian = "alpha" in fns or "moments" in fns
+    return _fields(call, d, (), {}, fns, ep, horizon, gaussian)
 
 
-def _finish(call, d, param_symbols, params, fns, t0, t1, horizon, mp) -> Built:
+def _check(call, d, params, fns, t0, t1, horizon, mp) -> _endpoints.Endpoints:
+    """Choose or check the endpoints and validate the coefficients on [t0, t1]."""
     gaussian = "alpha" in fns or "moments" in fns
     try:
         ep = _endpoints.analyse(call, fns, params, t0, t1, horizon, mp, gaussian)
@@ -163,14 +220,18 @@ def _finish(call, d, param_symbols, params, fns, t0, t1, horizon, mp) -> Built:
         if mp is not None and "g2" in mp:
             _validate.check_g2(call, d, mp["g2"], _validate.interior(horizon))
         raise e
-
     _validate.validate(call, d, fns, params, ep.t0, ep.t1, gaussian, mp)
+    return ep
+
+
+def _fields(call, d, param_symbols, params, fns, ep, horizon, numeric) -> Built:
+    gaussian = "alpha" in fns or "moments" in fns
     info = Info(
         call=call,
         derivation=d,
         param_symbols=param_symbols,
         endpoints=ep,
-        numeric=gaussian and mp is None,
+        numeric=numeric,
         horizon=horizon,
     )
     fields = dict(params=params, _info=info, t0=ep.t0, t1=ep.t1, _g2=fns["g2"])

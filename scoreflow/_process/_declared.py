@@ -230,15 +230,25 @@ class AbstractDeclaredScalarProcess(AbstractDeclaredProcess, AbstractScalarProce
         checked bisection on $[t_0, t_1]$; a log-SNR outside
         $[\lambda(t_1), \lambda(t_0)]$ raises."""
         d = self._info.derivation
+        inv = None
         if d is not None and d.log_snr is not None:
             inv = inverse_for(
                 d.log_snr, self.params, self._info.param_symbols, (self.t0, self.t1)
             )
+        if type(self).log_snr is not AbstractDeclaredScalarProcess.log_snr:
+            # A subclass's own log-SNR: evaluated as it is defined.
             if inv is not None:
                 return closed_form_time(
                     inv, self.params, self.log_snr, lam, self.t0, self.t1
                 )
-        return bisect_time(self.log_snr, lam, self.t0, self.t1)
+            return bisect_time(self.log_snr, lam, self.t0, self.t1)
+        # One compiled program (per kernel, range and shape), not one per operation:
+        # the first log-SNR grid of a session in milliseconds (issue 14).
+        log_snr = _KernelLogSNR(self.kernel, self.params)
+        lam = jnp.asarray(lam)
+        if inv is not None:
+            return _closed_form_jit(inv, log_snr, lam, self.t0, self.t1)
+        return _bisect_jit(log_snr, lam, self.t0, self.t1)
 
     def as_interpolant(self) -> AbstractScalarProcess:
         """This process declared by its kernel (`sf.Interpolant`)."""
@@ -248,6 +258,28 @@ class AbstractDeclaredScalarProcess(AbstractDeclaredProcess, AbstractScalarProce
         return Interpolant(
             d.alpha, d.sigma, t0=self.t0, t1=self.t1, params=self._param_map()
         )
+
+
+class _KernelLogSNR(eqx.Module):
+    """`process.log_snr` of a declared scalar process, as a pytree of its kernel and
+    parameters (so a compiled inverse is shared by equal processes)."""
+
+    kernel: eqx.Module
+    params: dict
+
+    def __call__(self, t):
+        return self.kernel.log_snr(as_time(t), self.params)
+
+
+@eqx.filter_jit
+def _closed_form_jit(inverse, log_snr, lam, t0, t1):
+    params = log_snr.params
+    return closed_form_time(inverse, params, log_snr, lam, t0, t1)
+
+
+@eqx.filter_jit
+def _bisect_jit(log_snr, lam, t0, t1):
+    return bisect_time(log_snr, lam, t0, t1)
 
 
 class DeclaredProcess(AbstractDeclaredScalarProcess):

@@ -24,7 +24,6 @@ import mpmath
 import numpy as np
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
-from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
 from .._symbols import t, tau, x
 
@@ -58,51 +57,83 @@ derived without sympy on a fresh machine. Regenerate with
 `_CACHE_VERSION`); `tests/test_derive.py` checks them against a fresh derivation."""
 
 
+def cache_key(name: str, args) -> str:
+    """The disk cache's key of `name` called on `args`: a hash of the `srepr` of the
+    sympy arguments (`repr` of the others), `_CACHE_VERSION` and the sympy version."""
+    return hashlib.sha256(
+        repr(
+            (
+                name,
+                _CACHE_VERSION,
+                sympy.__version__,
+                [
+                    sympy.srepr(a) if isinstance(a, sympy.Basic) else repr(a)
+                    for a in args
+                ],
+            )
+        ).encode()
+    ).hexdigest()
+
+
+_MISSING = object()
+
+
+def cache_get(name: str, key: str):
+    """The value stored under `key` in the user's cache, else in the shipped
+    `BUILTIN_CACHE`, else `_MISSING`. Unreadable files count as missing."""
+    d = _cache_dir()
+    fname = f"{name}-{key[:32]}.pkl"
+    for p in (None if d is None else d / fname, BUILTIN_CACHE / fname):
+        if p is not None and p.exists():
+            try:
+                with open(p, "rb") as fh:
+                    return pickle.load(fh)
+            except Exception:
+                pass
+    return _MISSING
+
+
+def cache_put(name: str, key: str, value) -> None:
+    """Store `value` under `key` in the user's cache (atomically; failures ignored)."""
+    d = _cache_dir()
+    if d is None:
+        return
+    path = d / f"{name}-{key[:32]}.pkl"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(value, fh)
+        os.replace(tmp, path)
+    except Exception:
+        pass
+
+
 def disk_cached(fn):
     """Memoise a pure sympy function in memory and on disk (pickle), keyed by the
-    `srepr` of its arguments and the sympy version; the shipped `BUILTIN_CACHE` is
-    read when the user's cache misses. Any cache failure is ignored."""
+    `srepr` of its arguments and the sympy version (`cache_key`); the shipped
+    `BUILTIN_CACHE` is read when the user's cache misses. A fresh value is returned
+    as it reads back from the disk cache, so the first session and later ones use
+    the same expressions. Any cache failure is ignored."""
     memo: dict = {}
 
     @functools.wraps(fn)
     def wrapper(*args):
-        key = hashlib.sha256(
-            repr(
-                (
-                    fn.__qualname__,
-                    _CACHE_VERSION,
-                    sympy.__version__,
-                    [
-                        sympy.srepr(a) if isinstance(a, sympy.Basic) else repr(a)
-                        for a in args
-                    ],
-                )
-            ).encode()
-        ).hexdigest()
+        key = cache_key(fn.__qualname__, args)
         if key in memo:
             return memo[key]
-        d = _cache_dir()
-        path = None if d is None else d / f"{fn.__name__}-{key[:32]}.pkl"
-        name = f"{fn.__name__}-{key[:32]}.pkl"
-        for p in (path, BUILTIN_CACHE / name):
-            if p is not None and p.exists():
-                try:
-                    with open(p, "rb") as fh:
-                        memo[key] = pickle.load(fh)
-                    return memo[key]
-                except Exception:
-                    pass
-        out = fn(*args)
-        memo[key] = out
-        if path is not None:
+        out = cache_get(fn.__name__, key)
+        if out is _MISSING:
+            out = fn(*args)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                with open(tmp, "wb") as fh:
-                    pickle.dump(out, fh)
-                os.replace(tmp, path)
+                # What a later session will load: unpickling re-evaluates sympy
+                # objects (e.g. 2*(a + b) becomes 2*a + 2*b), so a value is used in
+                # the form it has once stored, the same in every session.
+                out = pickle.loads(pickle.dumps(out))
             except Exception:
                 pass
+            cache_put(fn.__name__, key, out)
+        memo[key] = out
         return out
 
     return wrapper
@@ -455,7 +486,13 @@ def _complete(d: Derivation) -> Derivation:
 def derive_from_sde(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
     """The full derivation from (f, g), cached in memory and on disk.
 
-    **Raises:** `ValueError` when `g` is identically zero (no noise, no kernel)."""
+    **Raises:** `ValueError` when `g` is identically zero (no noise, no kernel).
+    The check runs inside the cached function (a cache hit was checked when it was
+    derived), so a cached derivation costs no sympy simplification."""
+    return _derive_from_sde_cached(drift, g)
+
+
+def _check_noise_sde(drift, g):
     if _simplify(g**2) == 0:
         raise ValueError(
             f"`sf.SDE(drift={drift}, diffusion={g})`: the diffusion is identically 0, "
@@ -463,29 +500,34 @@ def derive_from_sde(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
             "Gaussian kernel, no score (grad log p_t) and no prior to sample from. "
             "Declare a diffusion g(t) > 0 on (0, t1], e.g. diffusion=sqrt(2)."
         )
-    return _derive_from_sde_cached(drift, g)
 
 
 def derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
     """The full derivation from (alpha, sigma), cached in memory and on disk.
 
-    **Raises:** `ValueError` when `sigma` is identically zero (no noise)."""
+    **Raises:** `ValueError` when `sigma` is identically zero (no noise); checked
+    inside the cached function, as in `derive_from_sde`."""
+    return _derive_from_interpolant_cached(alpha, sigma)
+
+
+def _check_noise_interpolant(alpha, sigma):
     if _simplify(sigma) == 0:
         raise ValueError(
             f"`sf.Interpolant(alpha={alpha}, sigma={sigma})`: sigma is identically 0, "
             "so x_t = alpha(t) x0 carries no noise: there is no Gaussian kernel, no "
             "score and no prior. Declare a sigma(t) > 0 on (0, t1], e.g. sigma=t."
         )
-    return _derive_from_interpolant_cached(alpha, sigma)
 
 
 @disk_cached
 def _derive_from_sde_cached(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
+    _check_noise_sde(drift, g)  # raises: nothing is cached
     return _complete(_derive_from_sde(drift, g))
 
 
 @disk_cached
 def _derive_from_interpolant_cached(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation:
+    _check_noise_interpolant(alpha, sigma)
     return _complete(_derive_from_interpolant(alpha, sigma))
 
 
@@ -508,6 +550,13 @@ def _derive_from_sde(drift: sympy.Expr, g: sympy.Expr) -> Derivation:
         return Derivation("sde", drift, g2, f, alpha, sigma2, False, "")
     A = _simplify(A)
     alpha = _simplify(sympy.exp(A))
+    if not compilable(alpha):
+        # e.g. f = -sqrt(1 + t^3): A is a hypergeometric function, which neither
+        # sympy2jax nor the sigma^2 integral (tens of seconds of sympy for nothing)
+        # can use. The numeric kernel, decided before any budget is spent.
+        alpha = sympy.exp(sympy.Integral(f.subs(t, tau), (tau, 0, t)))
+        sigma2 = alpha**2 * sympy.Integral((g2 / alpha**2).subs(t, tau), (tau, 0, t))
+        return Derivation("sde", drift, g2, f, alpha, sigma2, False, "")
     integrand = sympy.powsimp(g2 * sympy.exp(-2 * A), combine="exp").subs(t, tau)
     I = _integrate(integrand, tau, t)
     if _has_unevaluated(I):
@@ -535,7 +584,13 @@ def _derive_from_interpolant(alpha: sympy.Expr, sigma: sympy.Expr) -> Derivation
 # Numerically stable forms, chosen by measured float32 accuracy
 # --------------------------------------------------------------------------- #
 
-_STABLE_OPTS = [expm1_opt, log1p_opt]
+
+def _stable_opts(form):
+    """`form` with `expm1`/`log1p` substituted where they apply (sympy's codegen
+    rewriting, imported here: it costs 30 ms at `import scoreflow`)."""
+    from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
+
+    return optimize(form, [expm1_opt, log1p_opt])
 
 
 def _exp_form(e):
@@ -575,7 +630,7 @@ def _candidates(expr):
     """Each rewrite, first with expm1/log1p substituted where they apply."""
     seen = set()
     for form in _rewrites(expr):
-        o = try_sympy(lambda: optimize(form, _STABLE_OPTS), 2.0)
+        o = try_sympy(lambda: _stable_opts(form), 2.0)
         for f in (o, form):
             if f is not None and f not in seen:
                 seen.add(f)
@@ -735,7 +790,7 @@ def _inverse_candidates(sol, var):
         if rat is not None:
             forms.append(rat)
     for form in forms:
-        for f in (form, try_sympy(lambda: optimize(form, _STABLE_OPTS), 2.0)):
+        for f in (form, try_sympy(lambda: _stable_opts(form), 2.0)):
             if f is not None and f not in seen:
                 seen.add(f)
                 out.append(f)

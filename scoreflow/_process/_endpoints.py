@@ -8,6 +8,7 @@ import dataclasses
 import math
 import warnings
 
+import equinox as eqx
 import jax.numpy as jnp
 import mpmath
 import numpy as np
@@ -93,14 +94,24 @@ def to_float(v):
     return c.real if abs(c.imag) < 1e-14 * max(1.0, abs(c.real)) else math.nan
 
 
+@eqx.filter_jit
+def _at_jit(fn, t, params):
+    """One compiled program per coefficient, not one per operation (issue 14)."""
+    return fn(t, params)
+
+
 def analyse(call, fns, params, t0, t1, horizon, mp, gaussian) -> Endpoints:
     """`t0`, `t1` chosen (where `None`) or validated, with the reasons; `fns` the
     compiled coefficients by name, `mp` their 30-digit evaluators (or None)."""
 
     def jnum(name, tv):
         """Evaluate a compiled coefficient at a Python float (float64 if enabled)."""
-        fn = fns[name]
-        return float(np.asarray(fn(jnp.asarray(tv, jnp.result_type(float)), params)))
+        t = jnp.asarray(tv, jnp.result_type(float))
+        try:
+            out = _at_jit(fns[name], t, params)
+        except Exception:  # a callable that cannot be traced: eagerly, as before
+            out = fns[name](t, params)
+        return float(np.asarray(out))
 
     mp_fns = {}
 

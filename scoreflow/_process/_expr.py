@@ -38,6 +38,16 @@ class Expr(eqx.Module):
         self.uses_x = X_SYM in expr.free_symbols
 
     def __call__(self, t, params, x=None):
+        if not _traced((t, params, x)):
+            # Called eagerly: one compiled program per expression and shape, not one
+            # small program per operation (a new process's first evaluations were
+            # most of its first second, issue 14).
+            t = t if isinstance(t, jax.Array) else jnp.asarray(t)
+            x = x if x is None or isinstance(x, jax.Array) else jnp.asarray(x)
+            return _expr_jit(self, t, params, x)
+        return self._eval(t, params, x)
+
+    def _eval(self, t, params, x=None):
         kwargs = dict(params)
         kwargs["t"] = t
         if self.uses_x:
@@ -47,6 +57,15 @@ class Expr(eqx.Module):
             out = out.astype(jnp.result_type(jnp.asarray(t).dtype, float))
         shape = jnp.shape(x) if self.uses_x else jnp.shape(t)
         return jnp.broadcast_to(out, shape) if jnp.shape(out) != shape else out
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+@eqx.filter_jit
+def _expr_jit(expr, t, params, x):
+    return expr._eval(t, params, x)
 
 
 class Call(eqx.Module):

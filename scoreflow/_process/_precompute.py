@@ -1,7 +1,11 @@
 """Regenerate the shipped derivations of the built-ins (`_derive.BUILTIN_CACHE`):
 `python -m scoreflow._process._precompute`. Derives each built-in with default
-parameters into an empty cache and copies the cache files into the package."""
+parameters into an empty cache and copies the cache files into the package: the
+derivations, stable forms, endpoint limits and closed-form inverse log-SNR, and the
+recorded outcome of the declaration-time checks (`_checked-*`, keyed by the jax
+version and the dtype setting: both settings are recorded)."""
 
+import json
 import os
 import pathlib
 import shutil
@@ -18,16 +22,25 @@ def main() -> int:
         if any(_derive.BUILTIN_CACHE.glob("*.pkl")):
             print("remove the old files first:", _derive.BUILTIN_CACHE, file=sys.stderr)
             return 2
-        for name in ("VP", "SubVP", "VE", "CosineVP", "RectifiedFlow", "EDM"):
-            p = getattr(sf, name)()
-            # The closed-form inverse log-SNR, derived (and cached) exactly as the
-            # process asks for it.
-            p.t_from_log_snr(p.log_snr(0.5 * (p.t0 + p.t1)))
-            print("derived", name, flush=True)
+        import jax
+
+        for x64 in (False, True):
+            jax.config.update("jax_enable_x64", x64)
+            for name in ("VP", "SubVP", "VE", "CosineVP", "RectifiedFlow", "EDM"):
+                p = getattr(sf, name)()
+                # The closed-form inverse log-SNR, derived (and cached) exactly as
+                # the process asks for it.
+                p.t_from_log_snr(p.log_snr(0.5 * (p.t0 + p.t1)))
+                print("derived", name, "x64" if x64 else "", flush=True)
         out = _derive.BUILTIN_CACHE
         out.mkdir(exist_ok=True)
         for f in sorted(pathlib.Path(tmp).glob("*.pkl")):
             shutil.copy(f, out / f.name)
+        import jaxlib
+
+        # The versions the recorded checks (`_checked-*`) are keyed by.
+        versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+        (out / "VERSIONS.json").write_text(json.dumps(versions) + "\n")
         print(len(list(out.glob("*.pkl"))), "files in", out)
     return 0
 

@@ -35,6 +35,16 @@ def _grid(t0, t1):
     )
 
 
+def _evaluate(fns32, params32, ts32, names, g2, params, ts):
+    """The float32 values of the named coefficients on `ts32`, and g^2 in the
+    default dtype on `ts` (elementwise in t: one call on the whole grid each)."""
+    vals = {name: fns32[name](ts32, params32) for name in names}
+    return vals, jax.vmap(lambda s: g2(s, params))(ts)
+
+
+_evaluate_jit = eqx.filter_jit(_evaluate)
+
+
 def validate(call, d, fns, params, t0, t1, gaussian, mp):
     """Every coefficient finite in float32 on a dense grid; g^2 >= 0."""
     grid = _grid(t0, t1)
@@ -45,37 +55,42 @@ def validate(call, d, fns, params, t0, t1, gaussian, mp):
         check_g2(call, d, mp["g2"], grid)
     to32 = lambda leaf: leaf.astype(jnp.float32) if eqx.is_inexact_array(leaf) else leaf
     fns32, params32 = jtu.tree_map(to32, (fns, params))
-    ts = jnp.asarray(grid, jnp.float32)
+    grid32 = grid.astype(np.float32)
+    ts = jnp.asarray(grid32)
     names = ["g2"] + (
         ["f", "alpha", "sigma", "alpha_dot", "sigma_dot", "log_snr"] if gaussian else []
     )
+    names = tuple(name for name in names if name in fns)
+    args = (fns32, params32, ts, names, fns["g2"], params)
     with jax.numpy_dtype_promotion("standard"):
+        # One compiled program for the whole check, not one per operation (the
+        # first-minute cost of a new process, issue 14); a callable declaration that
+        # cannot be traced is evaluated eagerly, as before.
+        grid_d = jnp.asarray(grid, jnp.result_type(float))
+        try:
+            vals, g2v = _evaluate_jit(*args, grid_d)
+        except Exception:
+            vals, g2v = _evaluate(*args, grid_d)
         for name in names:
-            if name not in fns:
-                continue
-            # Coefficients are elementwise in t: one eager call on the whole grid.
-            vals = np.asarray(fns32[name](ts, params32))
-            bad = ~np.isfinite(vals)
+            v = np.asarray(vals[name])
+            bad = ~np.isfinite(v)
             if bad.any():
                 i = int(np.argmax(bad))
                 raise ValueError(
                     f"`{call}`: the schedule gives a non-finite {name}(t={grid[i]:.6g}) = "
-                    f"{vals[i]} in float32 inside [t0, t1] = [{t0:g}, {t1:g}]. Shrink the "
+                    f"{v[i]} in float32 inside [t0, t1] = [{t0:g}, {t1:g}]. Shrink the "
                     "time range or rewrite the schedule so it stays finite."
                 )
         if "moments" in fns:
-            a, s2 = jax.vmap(lambda s: fns32["moments"](s, params32))(ts[::8])
-            if not (
-                np.isfinite(np.asarray(a)).all() and np.isfinite(np.asarray(s2)).all()
-            ):
+            # One solve per time, as `process.alpha(t)` runs it: one compiled
+            # program for all (a vmap of the adaptive solver compiles a second,
+            # larger one, for the same values).
+            a, s2 = np.asarray([fns32["moments"](s, params32) for s in grid32[::8]]).T
+            if not (np.isfinite(a).all() and np.isfinite(s2).all()):
                 raise ValueError(
                     f"`{call}`: the numerically integrated kernel is not finite on [t0, t1]."
                 )
-    g2v = np.asarray(
-        jax.vmap(lambda s: fns["g2"](s, params))(
-            jnp.asarray(grid, jnp.result_type(float))
-        )
-    )
+    g2v = np.asarray(g2v)
     neg = g2v < -1e-6 * max(1.0, float(np.max(np.abs(g2v))))
     if neg.any():
         i = int(np.argmax(neg))

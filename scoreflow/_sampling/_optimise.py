@@ -7,7 +7,6 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
 from jaxtyping import Array, ArrayLike, Float
 
 from .._process import AbstractProcess
@@ -116,6 +115,8 @@ def optimised_grid(
             denoise=denoise,
         )
         return jnp.mean(jnp.sum((xs - ref).reshape(num, -1) ** 2, -1))
+
+    import optax  # here: it costs 50 ms at `import scoreflow`
 
     opt = optax.adam(learning_rate)
 
