@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .._chunk import chunked
 from .._count import counted, runge_kutta_evaluations, traced_calls
 from .._distributed import put_global
-from .._process import AbstractProcess, AbstractScalarProcess, require
+from .._process import AbstractScalarProcess, require
 from ._defaults import pick_for_sample
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics, sde_convention
 from ._grids import check_time_grid, uniform_grid
@@ -43,7 +43,13 @@ from ._solvers import (
     _reaches_data_end,
     _split_terms,
 )
-from ._step import GivenNormals, check_normals_solver, normals_per_step, shape_normals
+from ._step import (
+    GivenNormals,
+    check_normals_solver,
+    check_solver,
+    normals_per_step,
+    shape_normals,
+)
 
 # Number of times the jitted sampler has been traced (read by the trace-count test).
 _TRACES = [0]
@@ -575,21 +581,7 @@ def sample(
         raise ValueError(
             f"`{call}(brownian=...)` must be 'increments' or 'tree', got {brownian!r}."
         )
-    if not isinstance(solver, diffrax.AbstractSolver):
-        raise TypeError(
-            f"`{call}(solver=...)` must be a diffrax solver instance such as diffrax.Heun() "
-            f"or sf.DDIM(), got {solver!r}."
-        )
-    require(
-        process,
-        getattr(solver, "process_rung", AbstractProcess),
-        f"{call}(solver={type(solver).__name__}(...))",
-        hint=(
-            " The exponential-integrator and ancestral samplers step through a scalar "
-            "kernel alpha(t), sigma(t); use a diffrax solver instead, e.g. "
-            "solver=diffrax.Heun() (method='ode') or diffrax.Euler() (method='sde')."
-        ),
-    )
+    check_solver(call, solver, process)
     if method == "sde":
         process.check_sde_solver(solver, call=call)
     if method == "ode":

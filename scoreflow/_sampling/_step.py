@@ -63,6 +63,26 @@ class GivenNormals(diffrax.AbstractPath):
         return self.z[i, j] * jnp.sqrt(dt).astype(self.z.dtype)
 
 
+def check_solver(call: str, solver, process) -> None:
+    """`solver` is a diffrax solver whose rung of the process ladder `process`
+    stands on (the one check `sf.sample` and `sf.step` share)."""
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise TypeError(
+            f"`{call}(solver=...)` must be a diffrax solver instance such as "
+            f"diffrax.Heun() or sf.DDIM(), got {solver!r}."
+        )
+    require(
+        process,
+        getattr(solver, "process_rung", AbstractProcess),
+        f"{call}(solver={type(solver).__name__}(...))",
+        hint=(
+            " The exponential-integrator and ancestral samplers step through a scalar "
+            "kernel alpha(t), sigma(t); use a diffrax solver instead, e.g. "
+            "solver=diffrax.Heun() (method='ode') or diffrax.Euler() (method='sde')."
+        ),
+    )
+
+
 def normals_per_step(solver) -> int:
     """How many standard normals one step of `solver` reads (a diffrax solver: one
     increment)."""
@@ -161,12 +181,7 @@ def step(
         raise ValueError(
             f"`{call}(method=...)` must be 'ode' or 'sde', got {method!r}."
         )
-    if not isinstance(solver, diffrax.AbstractSolver):
-        raise TypeError(
-            f"`{call}(solver, ...)` must be a diffrax solver instance such as "
-            f"diffrax.Heun() or sf.DDIM(), got {solver!r}."
-        )
-    require(process, getattr(solver, "process_rung", AbstractProcess), call)
+    check_solver(call, solver, process)
     if history is not None and state is not None:
         raise ValueError(f"`{call}`: pass either history= or state=, not both.")
     x = jnp.asarray(x)
