@@ -144,6 +144,39 @@ def _traced_controller(c):
 # --------------------------------------------------------------------------- #
 
 
+def _diffeqsolve(terms, solver, s0, s1, dt0, y0, args, saveat, controller, opts,
+                 adjoint=diffrax.RecursiveCheckpointAdjoint()):  # fmt: skip
+    """`diffrax.diffeqsolve` with `sf.sample`'s options, and its step statistics."""
+    sol = diffrax.diffeqsolve(
+        terms,
+        solver,
+        s0,
+        s1,
+        dt0,
+        y0,
+        args=args,
+        saveat=saveat,
+        adjoint=adjoint,
+        stepsize_controller=controller,
+        max_steps=opts.max_steps,
+        progress_meter=opts.progress_meter or diffrax.NoProgressMeter(),
+        throw=opts.throw,
+    )
+    keys = ("num_steps", "num_accepted_steps", "num_rejected_steps")
+    return sol, {k: sol.stats[k] for k in keys}
+
+
+def _finite_or_raise(y):
+    return eqx.error_if(
+        y,
+        ~jnp.all(jnp.isfinite(y)),
+        "sf.sample: some samples are not finite (NaN or inf). The usual causes: the "
+        "model returns NaN or inf, a guidance scale is NaN, or the solver diverged "
+        "(too few steps for a stiff process near t0). Pass throw=False to get the "
+        "samples anyway.",
+    )
+
+
 @eqx.filter_jit
 def _sample_impl(
     key,
@@ -250,24 +283,13 @@ def _sample_impl(
                     if opts.trajectory
                     else diffrax.SaveAt(t1=True)
                 )
-            sol = diffrax.diffeqsolve(
-                terms,
-                solver,
-                s_start,
-                s_end,
-                dt0,
-                x,
-                args=c,
-                saveat=saveat,
-                adjoint=(
-                    diffrax.ForwardMode()
-                    if (not ode and not opts.tree)
-                    else diffrax.RecursiveCheckpointAdjoint()
-                ),
-                stepsize_controller=ctrl,
-                max_steps=opts.max_steps,
-                progress_meter=opts.progress_meter or diffrax.NoProgressMeter(),
-                throw=opts.throw,
+            adjoint = (
+                diffrax.ForwardMode()
+                if (not ode and not opts.tree)
+                else diffrax.RecursiveCheckpointAdjoint()
+            )
+            sol, stats = _diffeqsolve(
+                terms, solver, s_start, s_end, dt0, x, c, saveat, ctrl, opts, adjoint
             )
             if opts.trajectory:
                 traj, ts = sol.ys, process.t1 - sol.ts
@@ -275,10 +297,6 @@ def _sample_impl(
                 y = sol.ys[last] if not opts.fixed else sol.ys[-1]
             else:
                 y = sol.ys[-1]
-            stats = {
-                k: sol.stats[k]
-                for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
-            }
             steps = stats["num_steps"]
         # diffrax's initial step-size selection (dt0=None) evaluates nothing here:
         # it only applies to bare ODETerms, and diffeqsolve wraps terms first (checked
@@ -296,14 +314,7 @@ def _sample_impl(
             nfe = nfe + n_den
         stats["nfe"] = jnp.asarray(nfe)
         if opts.throw:  # per sample, so a sharded batch stays sharded
-            y = eqx.error_if(
-                y,
-                ~jnp.all(jnp.isfinite(y)),
-                "sf.sample: some samples are not finite (NaN or inf). The usual "
-                "causes: the model returns NaN or inf, a guidance scale is NaN, or the "
-                "solver diverged (too few steps for a stiff process near t0). Pass "
-                "throw=False to get the samples anyway.",
-            )
+            y = _finite_or_raise(y)
         if opts.trajectory:
             stats["trajectory"], stats["ts"] = traj, ts
         return y, stats
@@ -345,24 +356,9 @@ def _solve_as_one_system(
         if opts.trajectory
         else diffrax.SaveAt(t1=True)
     )
-    sol = diffrax.diffeqsolve(
-        terms,
-        solver,
-        s_start,
-        s_end,
-        opts.dt0,
-        x,
-        args=cond,
-        saveat=saveat,
-        stepsize_controller=controller,
-        max_steps=opts.max_steps,
-        progress_meter=opts.progress_meter or diffrax.NoProgressMeter(),
-        throw=opts.throw,
+    sol, stats = _diffeqsolve(
+        terms, solver, s_start, s_end, opts.dt0, x, cond, saveat, controller, opts
     )
-    stats = {
-        k: sol.stats[k]
-        for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")
-    }
     if opts.trajectory:
         last = jnp.sum(jnp.isfinite(sol.ts)) - 1
         y = sol.ys[last]
@@ -376,13 +372,7 @@ def _solve_as_one_system(
         y = jax.vmap(lambda yi, ci: pred.x0(grid[-1], yi, ci))(y, cond)
     stats["nfe"] = jnp.asarray(nfe)
     if opts.throw:
-        y = eqx.error_if(
-            y,
-            ~jnp.all(jnp.isfinite(y)),
-            "sf.sample: some samples are not finite (NaN or inf). The usual causes: "
-            "the model returns NaN or inf, a guidance scale is NaN, or the solve "
-            "diverged. Pass throw=False to get the samples anyway.",
-        )
+        y = _finite_or_raise(y)
     return y, stats
 
 
