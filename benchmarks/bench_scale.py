@@ -7,11 +7,14 @@ Every configuration runs in its own subprocess, so its peak resident set size
 "baseline") is its own.
 
 Training: a 2-D ring data set of `--rows` rows, `sf.nets.MLP(2, width=128,
-depth=2)`, `sf.cfm_loss(sf.RectifiedFlow())`, batch `--batch`. Steps/s is measured
-as (n2 - n1) / (T(n2) - T(n1)) for two `fit` calls of n1 and n2 steps (each call
-compiles once, so compilation cancels); "CPU ms/step" is the process CPU time
-per step (all threads; less sensitive to other jobs on a shared machine) and its
-ratio is memory / path. Paths: `memory` (the array, rows drawn
+depth=2)`, `sf.cfm_loss(sf.RectifiedFlow())`, batch `--batch`. The three paths
+run in one process, each `fit` call `--block` steps, in `--repeats` rounds with the
+order rotated every round (a second `fit` with the same loss and optimiser reuses
+the compiled step, so every timed call is steady-state training plus `fit`'s own
+per-call cost). Steps/s is `block / wall time` of one call; the ratio to memory is
+the median over rounds of the ratio within a round (paired, so the machine's slow
+drift cancels); "CPU ms/step" is the process CPU time per step (all threads; less
+sensitive to other jobs on a shared machine), its ratio memory / path. Paths: `memory` (the array, rows drawn
 inside the jitted step), `stream` (a Python generator of NumPy batches, drawn
 with NumPy), `perhost` (`sf.train.ProcessLocal` of the same generator; one process).
 
@@ -19,8 +22,8 @@ Sampling: an untrained `sf.nets.MLP(2, width=32, depth=1)` velocity model, Euler
 `--sample-steps` steps, `num` 2-D samples in one `sf.sample` call or in chunks of
 `--chunk`.
 
-    python benchmarks/bench_scale.py [--rows 65536] [--batch 1024] [--n1 20]
-        [--n2 220] [--repeats 3] [--nums 10000,100000,1000000] [--chunk 50000]
+    python benchmarks/bench_scale.py [--rows 65536] [--batch 1024] [--block 300]
+        [--repeats 9] [--nums 10000,100000,1000000] [--chunk 50000]
 """
 
 import argparse
@@ -34,7 +37,7 @@ TRAIN = """
 import json, resource, statistics, sys, time
 import jax, jax.random as jr, numpy as np
 import scoreflow as sf
-mode, rows, batch, n1, n2, repeats = sys.argv[1], *map(int, sys.argv[2:7])
+mode, rows, batch, block, repeats = sys.argv[1], *map(int, sys.argv[2:6])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 data = np.asarray(sf.toy.ring(jr.key(0), rows) / 2.8, np.float32)
 net = sf.nets.MLP(2, width=128, depth=2, key=jr.key(1))
@@ -60,18 +63,24 @@ def run(path, n):
     return time.perf_counter() - t, time.process_time() - c
 
 paths = ("memory", "stream", "perhost") if mode == "time" else (mode,)
+for p in paths:
+    run(p, 2)  # compiles the step (reused by every later `fit` of this path)
 rates = {p: [] for p in paths}
 cpu = {p: [] for p in paths}
-for p in paths:
-    run(p, 2)  # imports, first compiles of the helpers
-for _ in range(repeats):  # interleaved: A B C A B C ...
-    for p in paths:
-        (w2, c2), (w1, c1) = run(p, n2), run(p, n1)
-        rates[p].append((n2 - n1) / (w2 - w1))
-        cpu[p].append((c2 - c1) / (n2 - n1) * 1e3)
+for r in range(repeats):  # interleaved, the order rotated every round
+    order = paths[r % len(paths):] + paths[:r % len(paths)]
+    for p in order:
+        w, c = run(p, block)
+        rates[p].append(block / w)
+        cpu[p].append(c / block * 1e3)
+ratio = {p: statistics.median(a / m for a, m in zip(rates[p], rates["memory"]))
+         for p in paths} if "memory" in paths else {}
+cpu_ratio = {p: statistics.median(m / a for a, m in zip(cpu[p], cpu["memory"]))
+             for p in paths} if "memory" in paths else {}
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps(dict(rates={p: statistics.median(v) for p, v in rates.items()},
                       cpu_ms={p: statistics.median(v) for p, v in cpu.items()},
+                      ratio=ratio, cpu_ratio=cpu_ratio,
                       peak_mib=peak / 1024, baseline_mib=base / 1024)))
 """
 
@@ -119,24 +128,24 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=65536)
     ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--n1", type=int, default=20)
-    ap.add_argument("--n2", type=int, default=220)
+    ap.add_argument("--block", type=int, default=300)
     ap.add_argument("--nums", default="10000,100000,1000000")
     ap.add_argument("--chunk", type=int, default=50000)
     ap.add_argument("--sample-steps", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
 
     if not args.skip_train:
         print(
             f"training: {args.rows} rows, batch {args.batch}, MLP 128x2, steps/s "
-            f"from {args.n1} vs {args.n2} steps, median of {args.repeats} "
-            "interleaved repeats; peak RSS of one path per process"
+            f"in fit calls of {args.block} steps, median of {args.repeats} "
+            "interleaved rounds; peak RSS of one path per process"
         )
-        a = (args.rows, args.batch, args.n1, args.n2)
+        a = (args.rows, args.batch, args.block)
         timed = _run(TRAIN, "time", *a, args.repeats)
         rates, cpu = timed["rates"], timed["cpu_ms"]
+        ratio, cpu_ratio = timed["ratio"], timed["cpu_ratio"]
         print(
             "| data path | steps/s | ratio to memory | CPU ms/step | ratio | "
             "peak RSS MiB | baseline MiB |"
@@ -145,8 +154,8 @@ def main():
         for path in ("memory", "stream", "perhost"):
             r = _run(TRAIN, path, *a, 1)
             print(
-                f"| {path} | {rates[path]:.1f} | {rates[path] / rates['memory']:.3f} "
-                f"| {cpu[path]:.2f} | {cpu['memory'] / cpu[path]:.3f} "
+                f"| {path} | {rates[path]:.1f} | {ratio[path]:.3f} "
+                f"| {cpu[path]:.2f} | {cpu_ratio[path]:.3f} "
                 f"| {r['peak_mib']:.0f} | {r['baseline_mib']:.0f} |",
                 flush=True,
             )

@@ -32,6 +32,7 @@ read by every process on resume. See `docs/scaling.md`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import itertools
@@ -276,27 +277,55 @@ def make_step(
     size.
     """
     _check_batch_size(batch_size, mesh, "sf.train.make_step")
-    batch_sharding = None if mesh is None else NamedSharding(mesh, P("batch"))
+    config = (loss, optimizer, ema_decay, trainable, batch_size, mesh, num_rows)
+    return _Step(_memory_step, config)
 
-    @eqx.filter_jit
-    def step(state: TrainState, data, cond=None):
-        key = jr.wrap_key_data(state.key)
-        key, k_batch, k_loss = jr.split(key, 3)
-        rows = jax.tree_util.tree_leaves(data)[0].shape[0]
-        n = rows if num_rows is None else num_rows
-        idx = jr.randint(k_batch, (batch_size,), 0, n)
-        if mesh is not None and rows % mesh.size == 0:
-            x0, c = _gather_rows(mesh, (data, cond), idx)
-        else:
-            x0 = jax.tree_util.tree_map(lambda a: a[idx], data)
-            c = None if cond is None else jax.tree_util.tree_map(lambda a: a[idx], cond)
-            if batch_sharding is not None:
-                x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
-                if c is not None:
-                    c = jax.lax.with_sharding_constraint(c, batch_sharding)
-        return _update(loss, optimizer, ema_decay, trainable, state, x0, c, key, k_loss)
 
-    return step
+# The steps are module-level jitted functions of (config, state, batch): `loss` and
+# `optimizer` are arguments (their arrays traced, the rest static and hashed), so a
+# second `make_step`/`fit` with the same loss and optimiser reuses the compiled step.
+
+
+class _Step(eqx.Module):
+    """`step(state, batch, cond=None)`, with `.lower(...)` as a jitted function."""
+
+    fn: Callable = eqx.field(static=True)
+    config: tuple
+
+    def __call__(self, state, batch, cond=None):
+        return self.fn(self.config, state, batch, cond)
+
+    def lower(self, state, batch, cond=None):
+        return self.fn.lower(self.config, state, batch, cond)
+
+
+@eqx.filter_jit
+def _memory_step(config, state: TrainState, data, cond):
+    loss, optimizer, ema_decay, trainable, batch_size, mesh, num_rows = config
+    key = jr.wrap_key_data(state.key)
+    key, k_batch, k_loss = jr.split(key, 3)
+    rows = jax.tree_util.tree_leaves(data)[0].shape[0]
+    n = rows if num_rows is None else num_rows
+    idx = jr.randint(k_batch, (batch_size,), 0, n)
+    if mesh is not None and rows % mesh.size == 0:
+        x0, c = _gather_rows(mesh, (data, cond), idx)
+    else:
+        x0 = jax.tree_util.tree_map(lambda a: a[idx], data)
+        c = None if cond is None else jax.tree_util.tree_map(lambda a: a[idx], cond)
+        if mesh is not None:
+            batch_sharding = NamedSharding(mesh, P("batch"))
+            x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
+            if c is not None:
+                c = jax.lax.with_sharding_constraint(c, batch_sharding)
+    return _update(loss, optimizer, ema_decay, trainable, state, x0, c, key, k_loss)
+
+
+@eqx.filter_jit
+def _batch_step(config, state: TrainState, x0, cond):
+    loss, optimizer, ema_decay, trainable = config
+    key = jr.wrap_key_data(state.key)
+    key, _, k_loss = jr.split(key, 3)
+    return _update(loss, optimizer, ema_decay, trainable, state, x0, cond, key, k_loss)
 
 
 def make_batch_step(
@@ -313,15 +342,7 @@ def make_batch_step(
     (`NamedSharding(mesh, P("batch"))`) and replicate `state` for data parallelism.
     """
 
-    @eqx.filter_jit
-    def step(state: TrainState, x0, cond=None):
-        key = jr.wrap_key_data(state.key)
-        key, _, k_loss = jr.split(key, 3)
-        return _update(
-            loss, optimizer, ema_decay, trainable, state, x0, cond, key, k_loss
-        )
-
-    return step
+    return _Step(_batch_step, (loss, optimizer, ema_decay, trainable))
 
 
 def replicate(tree, mesh: Mesh):
@@ -652,6 +673,22 @@ def _check_learning_rate(lr):
         )
 
 
+def _default_optimizer(learning_rate):
+    """`chain(clip_by_global_norm(1), adam(learning_rate))`, the same object for the
+    same (hashable) learning rate, so a second `fit` reuses the compiled step."""
+    try:
+        return _default_optimizer_cached(learning_rate)
+    except TypeError:  # an unhashable learning rate (e.g. a JAX scalar)
+        return _default_optimizer_cached.__wrapped__(learning_rate)
+
+
+@functools.lru_cache(maxsize=32)
+def _default_optimizer_cached(learning_rate):
+    import optax
+
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
+
+
 def _check_checkpoint_dir(checkpoint):
     parent = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
     if not os.path.isdir(parent):
@@ -770,6 +807,10 @@ def fit(
       infinite losses always stop training.
     - `progress`: a tqdm bar with the running loss.
 
+    The jitted step is compiled once per loss, optimiser (the default one is shared
+    for an equal `learning_rate`), options and data layout: a second `fit` with the
+    same `loss` (e.g. training in stages) starts at once.
+
     **Returns:** a `FitResult` (`.state`, `.model`, `.ema`, `.losses`).
 
     **Raises:** `TrainingDivergedError` when the loss is NaN/inf or diverges:
@@ -788,11 +829,7 @@ def fit(
         )
     if optimizer is None:
         _check_learning_rate(learning_rate)
-        import optax
-
-        optimizer = optax.chain(
-            optax.clip_by_global_norm(1.0), optax.adam(learning_rate)
-        )
+        optimizer = _default_optimizer(learning_rate)
     if checkpoint is not None:
         _check_checkpoint_dir(checkpoint)
     meta = dict(loss.metadata()) if hasattr(loss, "metadata") else {}

@@ -481,3 +481,37 @@ def test_streamed_data_errors_and_running_out():
     with pytest.warns(UserWarning, match="data ran out after step 3 of 5"):
         res = sf.train.fit(loss, net, iter([x[:16]] * 3), steps=5, **kw)
     assert len(res.losses) == 3
+
+
+def test_second_fit_reuses_the_compiled_step():
+    """The step is jitted once per (loss, optimiser, options): a second `fit` with the
+    same loss and the default optimiser at the same learning rate does not trace the
+    loss again, on data in memory and on a stream; a new learning rate does."""
+    traces = []
+    inner = sf.cfm_loss(sf.RectifiedFlow())
+
+    def loss(model, x0, key):
+        traces.append(1)  # runs only while tracing
+        return inner(model, x0, key)
+
+    data = np.asarray(jr.normal(jr.key(0), (64, 2)), np.float32)
+    net = sf.nets.MLP(2, width=8, depth=1, key=jr.key(1))
+    kw = dict(key=jr.key(2), steps=3, batch_size=16, progress=False)
+
+    a = sf.train.fit(loss, net, data, **kw)
+    n = len(traces)
+    b = sf.train.fit(loss, net, data, **kw)
+    assert len(traces) == n  # no new trace
+    np.testing.assert_array_equal(a.losses, b.losses)
+
+    def batches():
+        return (data[16 * i : 16 * (i + 1)] for i in range(4))
+
+    sf.train.fit(loss, net, batches(), **kw)
+    m = len(traces)
+    assert m > n  # the streamed step is another function
+    sf.train.fit(loss, net, batches(), **kw)
+    assert len(traces) == m
+
+    sf.train.fit(loss, net, data, learning_rate=3e-4, **kw)
+    assert len(traces) > m  # another optimiser, another step
