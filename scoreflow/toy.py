@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
@@ -46,23 +45,43 @@ def _as_float(x) -> Array:
 
 
 def _gaussian_terms(
-    means: Float[Array, "K d"], covs: Float[Array, "K d d"], x: Float[Array, " d"]
-) -> tuple[Float[Array, " K"], Float[Array, "K d"]]:
-    r"""For each component $k$: $\log N(x; m_k, \Sigma_k)$ and $\Sigma_k^{-1}(x - m_k)$,
-    by one Cholesky factorisation and two triangular solves."""
+    means: Float[Array, "K d"],
+    eigvals: Float[Array, "K d"],
+    eigvecs: Float[Array, "K d d"],
+    alpha,
+    sigma,
+    x: Float[Array, " d"],
+) -> tuple[Float[Array, " K"], Float[Array, "K d"], Float[Array, "K d"]]:
+    r"""For each component $k$ of the marginal $N(\alpha m_k, \alpha^2 C_k + \sigma^2
+    I)$, with $C_k = Q_k \operatorname{diag}(\lambda_k) Q_k^\top$: the log density at
+    `x`, $\Sigma_k^{-1}(x - \alpha m_k)$ and $C_k \Sigma_k^{-1}(x - \alpha m_k)$.
+
+    In the eigenbasis of $C_k$ the marginal covariance is diagonal,
+    $\alpha^2\lambda_k + \sigma^2$, so this is matrix products only: no
+    factorisation at each call (and no LAPACK call inside a sampler's loop, where
+    two batched triangular solves running at once can deadlock XLA's CPU thread
+    pool on a 2-core machine)."""
     d = x.shape[-1]
-    chol = jnp.linalg.cholesky(covs)
-    diff = x - means
-
-    def one(c, r):
-        z = solve_triangular(c, r, lower=True)
-        return z, solve_triangular(c, z, lower=True, trans="T")
-
-    z, precision_diff = jax.vmap(one)(chol, diff)
-    maha = jnp.sum(z**2, axis=-1)
-    logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    y = jnp.einsum("kji,kj->ki", eigvecs, x - alpha * means)  # Q_k^T (x - alpha m_k)
+    var = alpha**2 * eigvals + sigma**2
+    w = y / var
+    maha = jnp.sum(y * w, axis=-1)
+    logdet = jnp.sum(jnp.log(var), axis=-1)
     log_density = -0.5 * (maha + logdet + d * math.log(2 * math.pi))
-    return log_density, precision_diff
+    precision_diff = jnp.einsum("kij,kj->ki", eigvecs, w)
+    cov_precision_diff = jnp.einsum("kij,kj->ki", eigvecs, eigvals * w)
+    return log_density, precision_diff, cov_precision_diff
+
+
+def _eigh(covs):
+    """Eigenvalues and eigenvectors of each covariance (in float64 NumPy when the
+    values are concrete, so building a mixture compiles nothing)."""
+    if covs.ndim != 3 or covs.shape[-1] != covs.shape[-2]:
+        return None, None  # __check_init__ names the bad shape
+    if _is_concrete(covs):
+        lam, q = np.linalg.eigh(np.asarray(covs, np.float64))
+        return jnp.asarray(lam, covs.dtype), jnp.asarray(q, covs.dtype)
+    return jnp.linalg.eigh(covs)
 
 
 class GaussianMixture(eqx.Module):
@@ -103,6 +122,8 @@ class GaussianMixture(eqx.Module):
     weights: Float[Array, " K"]
     means: Float[Array, "K d"]
     covs: Float[Array, "K d d"]
+    eigvals: Float[Array, "K d"] | None  # C_k = Q_k diag(eigvals_k) Q_k^T
+    eigvecs: Float[Array, "K d d"] | None
 
     def __init__(
         self,
@@ -115,6 +136,7 @@ class GaussianMixture(eqx.Module):
         self.weights = weights.astype(dtype)
         self.means = means.astype(dtype)
         self.covs = covs.astype(dtype)
+        self.eigvals, self.eigvecs = _eigh(self.covs)
 
     def __check_init__(self):
         w, m, c = self.weights, self.means, self.covs
@@ -233,7 +255,9 @@ class GaussianMixture(eqx.Module):
         **Returns:** a scalar.
         """
         x = self._check_x(x)
-        log_density, _ = _gaussian_terms(self.means, self.covs, x)
+        log_density, _, _ = _gaussian_terms(
+            self.means, self.eigvals, self.eigvecs, 1, 0, x
+        )
         return logsumexp(jnp.log(self.weights) + log_density)
 
     def marginal(self, process: AbstractProcess, t: ScalarLike) -> GaussianMixture:
@@ -327,14 +351,14 @@ class GaussianMixture(eqx.Module):
         responsibilities of the marginal components."""
         x = self._check_x(x)
         alpha, sigma = self._coefficients(process, t)
-        eye = jnp.eye(self.dim, dtype=x.dtype)
-        covs_t = alpha**2 * self.covs + sigma**2 * eye
-        log_density, precision_diff = _gaussian_terms(alpha * self.means, covs_t, x)
+        log_density, precision_diff, cov_precision_diff = _gaussian_terms(
+            self.means, self.eigvals, self.eigvecs, alpha, sigma, x
+        )
         r = jax.nn.softmax(jnp.log(self.weights) + log_density)
         score = -r @ precision_diff
         if not want_x0:
             return sigma, score, None
-        x0_k = self.means + alpha * jnp.einsum("kij,kj->ki", self.covs, precision_diff)
+        x0_k = self.means + alpha * cov_precision_diff
         return sigma, score, r @ x0_k
 
 
