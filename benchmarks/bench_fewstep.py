@@ -184,7 +184,14 @@ ITERS = 100
 
 
 def optimised(
-    key, vp, pred, pp, nfe, shape, pilot, which=("unipc2", "unipc3", "midpoint")
+    key,
+    vp,
+    pred,
+    pp,
+    nfe,
+    shape,
+    pilot,
+    which=("unipc2", "unipc3", "midpoint", "learned"),
 ):
     """Optimised grids for the solvers that matter at few steps."""
     rf = pp.process
@@ -243,6 +250,16 @@ def optimised(
             pp,
             dict(solver=diffrax.Midpoint(), time_grid=gm_),
         )
+    if "learned" in which:  # its own defaults: 512 pilot samples, 400 iterations
+        t_l = time.perf_counter()
+        cfg = sf.optimised_sampler(key, pred, nfe, shape=shape)
+        print(
+            f"  sf.optimised_sampler(NFE {nfe}) fitted in "
+            f"{time.perf_counter() - t_l:.1f}s: grid "
+            f"{np.round(np.asarray(cfg.time_grid), 4).tolist()}",
+            flush=True,
+        )
+        out["sf.optimised_sampler (straight, learned Adams)"] = ("default", cfg, {})
     print(
         f"  optimised grids for NFE {nfe} in {time.perf_counter() - t:.1f}s: "
         f"UniPC-2 {None if g is None else np.round(np.asarray(g), 4).tolist()}",
@@ -330,7 +347,10 @@ def main():
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--opt-nfe", type=int, nargs="*", default=[5, 10])
     ap.add_argument(
-        "--opt", nargs="*", default=None, help="subset of: unipc2 unipc3 midpoint"
+        "--opt",
+        nargs="*",
+        default=None,
+        help="subset of: unipc2 unipc3 midpoint learned",
     )
     args = ap.parse_args()
     print(f"devices: {jax.devices()}, float32")

@@ -106,6 +106,7 @@ from ._sampling import (
     denoise_grid as denoise_grid,
     diffusers_grid as diffusers_grid,
     optimised_grid as optimised_grid,
+    optimised_sampler as optimised_sampler,
     on_path as on_path,
     straight_path as straight_path,
 )

@@ -62,6 +62,7 @@ from ._sampling import (
     CFGPredictor as CFGPredictor,
     ClassifierGuidedPredictor as ClassifierGuidedPredictor,
     GivenNormals as GivenNormals,
+    LearnedAdams as LearnedAdams,
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
     ReverseDriftTerm as ReverseDriftTerm,

@@ -678,3 +678,95 @@ def test_sample_default_compiles_once():
     for i in range(3):
         sf.sample(jr.key(i), p, pred, (2,), num=2, steps=3)
     assert _sample._TRACES[0] == before
+
+
+# --------------------------------------------------------------------------- #
+# Learned few-step sampler (sf.optimised_sampler, sf.internal.LearnedAdams)
+# --------------------------------------------------------------------------- #
+
+
+def _ode(t, y, args):
+    return -2.0 * t * y + jnp.cos(3.0 * t)
+
+
+def _solve_learned(corrections, ts, y0=1.0):
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_ode),
+        sf.internal.LearnedAdams(corrections),
+        t0=ts[0],
+        t1=ts[-1],
+        dt0=None,
+        y0=jnp.asarray(y0),
+        stepsize_controller=diffrax.StepTo(ts),
+    )
+    return float(sol.ys[-1])
+
+
+def test_learned_adams_steps_are_ab2_plus_the_corrections():
+    """Each step against the update written out here: variable-step AB2 (Euler
+    first) plus sum_j c_ij v_j, on a non-uniform grid."""
+    ts = np.array([0.0, 0.13, 0.3, 0.42, 0.61, 0.8])
+    n = len(ts) - 1
+    rng = np.random.default_rng(0)
+    c = np.tril(rng.normal(scale=0.3, size=(n, n)))
+    for corr in (np.zeros((n, n)), c):
+        y, vs = 1.0, []
+        for i in range(n):
+            v = float(_ode(ts[i], y, None))
+            vs.append(v)
+            h = ts[i + 1] - ts[i]
+            rate = v
+            if i > 0:
+                rate += h / (2 * (ts[i] - ts[i - 1])) * (v - vs[i - 1])
+            rate += sum(corr[i, j] * vs[j] for j in range(i + 1))
+            y = y + h * rate
+        np.testing.assert_allclose(_solve_learned(corr, ts), y, rtol=1e-12)
+
+
+def test_learned_adams_without_corrections_is_second_order():
+    exact = _solve_learned(np.zeros((2048, 2048)), np.linspace(0.0, 1.0, 2049))
+    steps = (16, 32, 64, 128)
+    errs = [
+        abs(_solve_learned(np.zeros((n, n)), np.linspace(0.0, 1.0, n + 1)) - exact)
+        for n in steps
+    ]
+    order = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert abs(order - 2) < 0.4, (order, errs)
+
+
+def test_learned_adams_refuses_more_steps_than_fitted_and_bad_shapes():
+    with pytest.raises(Exception, match="fitted for 3 steps"):
+        _solve_learned(np.zeros((3, 3)), np.linspace(0.0, 1.0, 5))
+    with pytest.raises(ValueError, match=r"square \(N, N\)"):
+        sf.internal.LearnedAdams(np.zeros((3, 2)))
+    p, _, pred = setup()
+    for kw, word in ((dict(num=0), "num"), (dict(iters=-1), "iters")):
+        with pytest.raises(ValueError, match=word):
+            sf.optimised_sampler(jr.key(0), pred, 3, shape=(2,), **kw)
+    with pytest.raises(ValueError, match="steps"):
+        sf.optimised_sampler(jr.key(0), pred, 0, shape=(2,))
+
+
+@pytest.mark.slow  # gradient through sf.sample: ~1 min on the 2-core machine
+def test_optimised_sampler_reproducible_monotone_and_better():
+    p, _, pred = setup()
+    kw = dict(shape=(2,), num=64, iters=30, reference_steps=100)
+    a = sf.optimised_sampler(jr.key(5), pred, 3, **kw)
+    b = sf.optimised_sampler(jr.key(5), pred, 3, **kw)
+    start = sf.optimised_sampler(jr.key(5), pred, 3, **{**kw, "iters": 0})
+    grid = np.asarray(a.time_grid)
+    assert grid.shape == (4,) and np.all(np.diff(grid) < 0)
+    assert grid[0] == a.process.t1 and grid[-1] == a.process.t0
+    np.testing.assert_array_equal(grid, np.asarray(b.time_grid))
+    np.testing.assert_array_equal(
+        np.asarray(a.solver.corrections), np.asarray(b.solver.corrections)
+    )
+    np.testing.assert_array_equal(np.asarray(start.solver.corrections), 0.0)
+    # closer to the many-step solution than AB2 on the uniform grid, on fresh noise
+    ref = sf.default_sampler(p, 200).sample(jr.key(11), pred, (2,), num=256)
+    xs, info = a.sample(jr.key(11), pred, (2,), num=256, return_info=True)
+    x0 = start.sample(jr.key(11), pred, (2,), num=256)
+    assert int(info["nfe"][0]) == 3
+    err = float(jnp.mean(jnp.sum((xs - ref) ** 2, -1)))
+    err0 = float(jnp.mean(jnp.sum((x0 - ref) ** 2, -1)))
+    assert err < 0.5 * err0, (err, err0)

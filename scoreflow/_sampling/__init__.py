@@ -29,6 +29,10 @@ from ._guidance import (
     cfg as cfg,
     classifier_guidance as classifier_guidance,
 )
+from ._learned import (
+    LearnedAdams as LearnedAdams,
+    optimised_sampler as optimised_sampler,
+)
 from ._multistep import (
     IPNDM as IPNDM,
     LMS as LMS,
