@@ -798,7 +798,8 @@ def _sample_on_path(cfg, args: dict):
     $x = y/k(u)$ at the source times $t(u)$ (`info["ts"]`)."""
     pp = on_path(args["predictor"], cfg.process)
     grid = jnp.asarray(cfg.time_grid, jnp.result_type(float))
-    scale = jax.vmap(pp.scale)(grid)  # k(u) = y / x at each grid time
+    # k(u) = y / x and the source time t(u) at each grid time
+    scale, ts = pp.tables(grid)
     noise = args["noise"]
     if noise is not None:
         noise = jnp.asarray(noise)
@@ -816,15 +817,19 @@ def _sample_on_path(cfg, args: dict):
         }
     )
     if not args["denoise"]:
-        xs = xs / scale[-1].astype(xs.dtype)
-    process = args["process"]
-    ts = jax.vmap(pp.source_time)(grid).at[0].set(process.t1).at[-1].set(process.t0)
+        xs = _unscale_end(xs, scale)
     info["ts"] = jnp.broadcast_to(ts.astype(info["ts"].dtype), info["ts"].shape)
     if args["return_trajectory"]:
         traj = info["trajectory"]  # (num, steps + 1, *shape)
         k = scale.reshape((1, -1) + (1,) * (traj.ndim - 2)).astype(traj.dtype)
         info["trajectory"] = traj / k
     return (xs, info) if args["return_info"] else xs
+
+
+@jax.jit
+def _unscale_end(xs, scale):
+    # x = y / k(u_end), one program (not an indexing, a cast and a division)
+    return xs / scale[-1].astype(xs.dtype)
 
 
 def _sample_chunked(
