@@ -23,7 +23,6 @@ import functools
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from .._process import AbstractProcess, AbstractScalarProcess, RectifiedFlow, require
