@@ -69,29 +69,6 @@ def _rectified_flow(t0: float, t1: float) -> RectifiedFlow:
     return RectifiedFlow(t0=t0, t1=t1)
 
 
-def _source_time(path, src, t):
-    lam = path.log_snr(t)
-    # the two ranges agree up to round-off at the ends: clip into the source's
-    lam = jnp.clip(lam, src.log_snr(src.t1), src.log_snr(src.t0))
-    return src.t_from_log_snr(lam).astype(jnp.result_type(t))
-
-
-def _scale(path, src, t):
-    ts = _source_time(path, src, t)
-    return (path.alpha(t) + path.sigma(t)) / (src.alpha(ts) + src.sigma(ts))
-
-
-@eqx.filter_jit
-def _tables(path, src, grid):
-    # One program, not one small eager program per operation (the first default
-    # sample of a session compiled about 25 of them here, issue 14).
-    # on the whole grid at once (every step is elementwise in time): a vmap would
-    # batch the range check's error_if, three times the compile time
-    ts = _source_time(path, src, grid)
-    scale = _scale(path, src, grid)  # the same source times (XLA dedupes)
-    return scale, ts.at[0].set(src.t1).at[-1].set(src.t0)
-
-
 class PathPredictor(AbstractGuidedPredictor):
     r"""A predictor trained under `predictor.process`, read along another `path`
     with the same log-SNR range (see the module docstring): its `process` is `path`,
@@ -110,17 +87,19 @@ class PathPredictor(AbstractGuidedPredictor):
 
     def source_time(self, t):
         r"""The source time with the path's log-SNR at path time `t`."""
-        return _source_time(self.path, self.predictor.process, t)
+        src = self.predictor.process
+        lam = self.path.log_snr(t)
+        # the two ranges agree up to round-off at the ends: clip into the source's
+        lam = jnp.clip(lam, src.log_snr(src.t1), src.log_snr(src.t0))
+        return src.t_from_log_snr(lam).astype(jnp.result_type(t))
 
     def scale(self, t):
         r"""$k(t) = y/x$: path state over source state at path time `t`."""
-        return _scale(self.path, self.predictor.process, t)
-
-    def tables(self, grid):
-        r"""`(k, t)`: the scale $k(u)$ and the source time $t(u)$ at each time $u$
-        of a path grid (`t` with the grid's ends set to the source's $t_1$, $t_0$
-        exactly), computed as one compiled program."""
-        return _tables(self.path, self.predictor.process, grid)
+        src = self.predictor.process
+        ts = self.source_time(t)
+        return (self.path.alpha(t) + self.path.sigma(t)) / (
+            src.alpha(ts) + src.sigma(ts)
+        )
 
     def to_source(self, t, y):
         """(source time, source state) of the path point `(t, y)`."""

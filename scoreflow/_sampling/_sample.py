@@ -798,8 +798,7 @@ def _sample_on_path(cfg, args: dict):
     $x = y/k(u)$ at the source times $t(u)$ (`info["ts"]`)."""
     pp = on_path(args["predictor"], cfg.process)
     grid = jnp.asarray(cfg.time_grid, jnp.result_type(float))
-    # k(u) = y / x and the source time t(u) at each grid time
-    scale, ts = pp.tables(grid)
+    scale = jax.vmap(pp.scale)(grid)  # k(u) = y / x at each grid time
     noise = args["noise"]
     if noise is not None:
         noise = jnp.asarray(noise)
@@ -818,6 +817,8 @@ def _sample_on_path(cfg, args: dict):
     )
     if not args["denoise"]:
         xs = _unscale_end(xs, scale)
+    process = args["process"]
+    ts = jax.vmap(pp.source_time)(grid).at[0].set(process.t1).at[-1].set(process.t0)
     info["ts"] = jnp.broadcast_to(ts.astype(info["ts"].dtype), info["ts"].shape)
     if args["return_trajectory"]:
         traj = info["trajectory"]  # (num, steps + 1, *shape)
