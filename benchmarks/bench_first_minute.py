@@ -110,7 +110,7 @@ ROWS = [
         False,
     ),
     (
-        "fresh process to the first Heun sample (VP, 10 steps)",
+        "fresh process to the first default sample (VP, 10 steps: Midpoint on the straight path)",
         "",
         IMPORTS
         + PREDICTOR
@@ -129,7 +129,7 @@ ROWS = [
         False,
     ),
     (
-        "fresh process to the first Heun sample, JAX compilation cache warm",
+        "fresh process to the first default sample, JAX compilation cache warm",
         "",
         IMPORTS
         + PREDICTOR

@@ -350,6 +350,34 @@ def test_grids():
         sf.internal.check_time_grid(grid, p)
 
 
+@pytest.mark.parametrize("x64", [False, True])
+def test_uniform_grid_is_the_jnp_formula_to_the_bit(x64):
+    """`sf.uniform_grid` computes on the host where it can (no compiles): the same
+    values, bit for bit, as the formula in eager jnp, and as that formula staged
+    inside jit (traced endpoints) when it is called there."""
+    p = helpers.builtin("VP")
+
+    def jnp_grid(a, b, steps):
+        u = jnp.linspace(0.0, 1.0, steps + 1, dtype=a.dtype)
+        return (a + (b - a) * u).at[0].set(a).at[-1].set(b)
+
+    with jax.enable_x64(x64):
+        dtype = jnp.result_type(float)
+        for steps, (t1, t0) in [(1, (1.0, 1e-3)), (7, (0.9934, 1e-3)), (10, (1, 1e-5))]:
+            for s in (steps, 3 * steps + 2, 57):
+                want = jnp_grid(jnp.asarray(t1, dtype), jnp.asarray(t0, dtype), s)
+                got = sf.uniform_grid(p, s, t_start=t1, t_end=t0)
+                assert got.dtype == want.dtype == dtype
+                np.testing.assert_array_equal(got, want)
+                jitted = jax.jit(
+                    lambda a, b, s=s: sf.uniform_grid(p, s, t_start=a, t_end=b)
+                )(t1, t0)
+                staged = jax.jit(lambda a, b, s=s: jnp_grid(a, b, s))(
+                    jnp.asarray(t1, dtype), jnp.asarray(t0, dtype)
+                )
+                np.testing.assert_array_equal(jitted, staged)
+
+
 def test_grid_and_argument_validation():
     p, _, pred = ring()
     with pytest.raises(ValueError, match="duplicate"):

@@ -3,7 +3,10 @@
 parameters into an empty cache and copies the cache files into the package: the
 derivations, stable forms, endpoint limits and closed-form inverse log-SNR, and the
 recorded outcome of the declaration-time checks (`_checked-*`, keyed by the jax
-version and the dtype setting: both settings are recorded)."""
+version and the dtype setting: both settings are recorded). Also the straight path
+of each built-in with a scalar kernel (`sf.straight_path(p)`, a `sf.RectifiedFlow`
+on a sub-range: what `sf.sample`'s default integrates), whose stable forms and
+checks depend on that range."""
 
 import json
 import os
@@ -32,6 +35,10 @@ def main() -> int:
                 # the process asks for it.
                 p.t_from_log_snr(p.log_snr(0.5 * (p.t0 + p.t1)))
                 print("derived", name, "x64" if x64 else "", flush=True)
+                if isinstance(p, sf.AbstractScalarProcess):
+                    rf = sf.straight_path(p)
+                    rf.t_from_log_snr(rf.log_snr(0.5 * (rf.t0 + rf.t1)))
+                    print("derived straight_path", name, flush=True)
         out = _derive.BUILTIN_CACHE
         out.mkdir(exist_ok=True)
         for f in sorted(pathlib.Path(tmp).glob("*.pkl")):

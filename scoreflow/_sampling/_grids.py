@@ -69,8 +69,15 @@ def uniform_grid(
     steps = _check_steps("sf.uniform_grid", steps)
     a, b = _endpoints("sf.uniform_grid", process, t_start, t_end)
     u = jnp.linspace(0.0, 1.0, steps + 1, dtype=a.dtype)
+    # Concrete (not inside jit): the arithmetic on the host in NumPy, the same
+    # correctly rounded operations in the same dtype as jnp's eager ones (the same
+    # grid to the bit) without compiling one small XLA program per operation on a
+    # session's first grid (issue 14). Inside jit: jnp, staged.
+    traced = any(isinstance(v, jax.core.Tracer) for v in (a, b, u))
+    xp = jnp if traced else np
+    a, b, u = xp.asarray(a), xp.asarray(b), xp.asarray(u)
     grid = a + (b - a) * u
-    return grid.at[0].set(a).at[-1].set(b)
+    return jnp.asarray(xp.concatenate([a[None], grid[1:-1], b[None]]))
 
 
 def log_snr_grid(
