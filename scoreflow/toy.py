@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
@@ -45,12 +46,7 @@ def _as_float(x) -> Array:
 
 
 def _gaussian_terms(
-    means: Float[Array, "K d"],
-    eigvals: Float[Array, "K d"],
-    eigvecs: Float[Array, "K d d"],
-    alpha,
-    sigma,
-    x: Float[Array, " d"],
+    gm: GaussianMixture, alpha, sigma, x: Float[Array, " d"]
 ) -> tuple[Float[Array, " K"], Float[Array, "K d"], Float[Array, "K d"]]:
     r"""For each component $k$ of the marginal $N(\alpha m_k, \alpha^2 C_k + \sigma^2
     I)$, with $C_k = Q_k \operatorname{diag}(\lambda_k) Q_k^\top$: the log density at
@@ -61,6 +57,9 @@ def _gaussian_terms(
     factorisation at each call (and no LAPACK call inside a sampler's loop, where
     two batched triangular solves running at once can deadlock XLA's CPU thread
     pool on a 2-core machine)."""
+    if gm.eigvecs is None:
+        return _gaussian_terms_cholesky(gm.means, gm.covs, alpha, sigma, x)
+    means, eigvals, eigvecs = gm.means, gm.eigvals, gm.eigvecs
     d = x.shape[-1]
     y = jnp.einsum("kji,kj->ki", eigvecs, x - alpha * means)  # Q_k^T (x - alpha m_k)
     var = alpha**2 * eigvals + sigma**2
@@ -73,15 +72,35 @@ def _gaussian_terms(
     return log_density, precision_diff, cov_precision_diff
 
 
+def _gaussian_terms_cholesky(means, covs, alpha, sigma, x):
+    """`_gaussian_terms` for covariances known only inside a trace (no
+    eigendecomposition: its derivative is undefined at repeated eigenvalues), by one
+    Cholesky factorisation and two triangular solves per component."""
+    d = x.shape[-1]
+    covs_t = alpha**2 * covs + sigma**2 * jnp.eye(d, dtype=covs.dtype)
+    chol = jnp.linalg.cholesky(covs_t)
+
+    def one(c, r):
+        z = solve_triangular(c, r, lower=True)
+        return z, solve_triangular(c, z, lower=True, trans="T")
+
+    z, precision_diff = jax.vmap(one)(chol, x - alpha * means)
+    maha = jnp.sum(z**2, axis=-1)
+    logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    log_density = -0.5 * (maha + logdet + d * math.log(2 * math.pi))
+    return log_density, precision_diff, jnp.einsum("kij,kj->ki", covs, precision_diff)
+
+
 def _eigh(covs):
-    """Eigenvalues and eigenvectors of each covariance (in float64 NumPy when the
-    values are concrete, so building a mixture compiles nothing)."""
+    """Eigenvalues and eigenvectors of each covariance, in float64 NumPy, when the
+    values are concrete (building a mixture compiles nothing); `(None, None)` when
+    they are traced (the Cholesky form is used then)."""
     if covs.ndim != 3 or covs.shape[-1] != covs.shape[-2]:
         return None, None  # __check_init__ names the bad shape
-    if _is_concrete(covs):
-        lam, q = np.linalg.eigh(np.asarray(covs, np.float64))
-        return jnp.asarray(lam, covs.dtype), jnp.asarray(q, covs.dtype)
-    return jnp.linalg.eigh(covs)
+    if not _is_concrete(covs):
+        return None, None
+    lam, q = np.linalg.eigh(np.asarray(covs, np.float64))
+    return jnp.asarray(lam, covs.dtype), jnp.asarray(q, covs.dtype)
 
 
 class GaussianMixture(eqx.Module):
@@ -130,13 +149,16 @@ class GaussianMixture(eqx.Module):
         weights: Float[ArrayLike, " K"],
         means: Float[ArrayLike, "K d"],
         covs: Float[ArrayLike, "K d d"],
+        *,
+        _eig=None,
     ):
         weights, means, covs = _as_float(weights), _as_float(means), _as_float(covs)
         dtype = jnp.result_type(weights.dtype, means.dtype, covs.dtype)
         self.weights = weights.astype(dtype)
         self.means = means.astype(dtype)
         self.covs = covs.astype(dtype)
-        self.eigvals, self.eigvecs = _eigh(self.covs)
+        # internal: `marginal` passes the known eigendecomposition of its covariances
+        self.eigvals, self.eigvecs = _eigh(self.covs) if _eig is None else _eig
 
     def __check_init__(self):
         w, m, c = self.weights, self.means, self.covs
@@ -255,9 +277,7 @@ class GaussianMixture(eqx.Module):
         **Returns:** a scalar.
         """
         x = self._check_x(x)
-        log_density, _, _ = _gaussian_terms(
-            self.means, self.eigvals, self.eigvecs, 1, 0, x
-        )
+        log_density, _, _ = _gaussian_terms(self, 1, 0, x)
         return logsumexp(jnp.log(self.weights) + log_density)
 
     def marginal(self, process: AbstractProcess, t: ScalarLike) -> GaussianMixture:
@@ -274,8 +294,16 @@ class GaussianMixture(eqx.Module):
         """
         alpha, sigma = self._coefficients(process, t)
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
+        # same eigenvectors, eigenvalues alpha^2 lambda + sigma^2: exact, and
+        # differentiable in t (an eigh of the traced covariances would not be)
+        eig = None
+        if self.eigvecs is not None:
+            eig = (alpha**2 * self.eigvals + sigma**2, self.eigvecs)
         return GaussianMixture(
-            self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye
+            self.weights,
+            alpha * self.means,
+            alpha**2 * self.covs + sigma**2 * eye,
+            _eig=eig,
         )
 
     def score(self, process: AbstractProcess) -> _MixtureField:
@@ -352,7 +380,7 @@ class GaussianMixture(eqx.Module):
         x = self._check_x(x)
         alpha, sigma = self._coefficients(process, t)
         log_density, precision_diff, cov_precision_diff = _gaussian_terms(
-            self.means, self.eigvals, self.eigvecs, alpha, sigma, x
+            self, alpha, sigma, x
         )
         r = jax.nn.softmax(jnp.log(self.weights) + log_density)
         score = -r @ precision_diff
