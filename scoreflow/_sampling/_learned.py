@@ -162,7 +162,7 @@ def optimised_sampler(
     ```
 
     On problem B of `benchmarks/bench_fewstep.py` (32-D, 10 full-covariance
-    Gaussians) it reaches FD 0.012 at 5 NFE, where the best fixed configuration
+    Gaussians) it reaches FD 0.011 at 5 NFE, where the best fixed configuration
     has 0.058 at 4 and the best peer 0.043 (see `docs/benchmarks.md`).
     """
     n = _check_steps("sf.optimised_sampler", nfe)
