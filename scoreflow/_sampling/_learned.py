@@ -23,7 +23,6 @@ from typing import ClassVar
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from diffrax import RESULTS, AbstractTerm, LocalLinearInterpolation
 from jaxtyping import Array, Float
@@ -32,7 +31,7 @@ from .._predictor import AbstractPredictor
 from ._defaults import SamplerConfig
 from ._grids import _check_steps, log_snr_grid, uniform_grid
 from ._multistep import DPMSolverPP3M
-from ._optimise import adam_minimise
+from ._optimise import adam_minimise, grid_fractions
 from ._paths import on_path, straight_path
 from ._sample import sample
 
@@ -110,11 +109,9 @@ class LearnedAdams(diffrax.AbstractSolver):
 
 
 def _grid_from_logits(theta, t_start, t_end):
-    """Strictly decreasing path times from logits: the increments are a softmax
-    (each at least 1%/N of the range), the endpoints exact."""
-    k = theta.shape[0]
-    frac = jnp.cumsum(0.99 * jax.nn.softmax(theta) + 0.01 / k)[:-1]
-    inner = t_start + (t_end - t_start) * frac
+    """Strictly decreasing path times from logits (`grid_fractions` of the range in
+    the path time), the endpoints exact."""
+    inner = t_start + (t_end - t_start) * grid_fractions(theta)
     return jnp.concatenate([t_start[None], inner.astype(t_start.dtype), t_end[None]])
 
 

@@ -15,14 +15,19 @@ from ._multistep import DPMSolverPP3M
 from ._sample import sample
 
 
+def grid_fractions(theta):
+    """The inner points of a grid as fractions of its range, from unconstrained
+    logits: cumulative softmax increments, each at least 1%/N of the range, so no
+    two times collide in float32 (a collision would fail `sf.sample`'s grid check
+    inside the gradient)."""
+    k = theta.shape[0]
+    return jnp.cumsum(0.99 * jax.nn.softmax(theta) + 0.01 / k)[:-1]
+
+
 def _grid_from_logits(process, theta, lam_start, lam_end, t_start, t_end):
     """Strictly decreasing times from unconstrained logits: increments of the
     log-SNR are a softmax (all > 0), endpoints exact."""
-    # every increment at least 1%/N of the range, so no two times collide in
-    # float32 (a collision would fail `sf.sample`'s grid check inside the gradient)
-    k = theta.shape[0]
-    frac = jnp.cumsum(0.99 * jax.nn.softmax(theta) + 0.01 / k)[:-1]
-    lam = lam_start + (lam_end - lam_start) * frac
+    lam = lam_start + (lam_end - lam_start) * grid_fractions(theta)
     inner = process.t_from_log_snr(lam).astype(t_start.dtype)
     return jnp.concatenate([t_start[None], inner, t_end[None]])
 
