@@ -1,5 +1,7 @@
 """Reverse-time dynamics as diffrax terms (flipped time s = t1 - t)."""
 
+import warnings
+
 import diffrax
 import helpers
 import jax
@@ -121,3 +123,33 @@ def test_reverse_sde_needs_randomness():
     pred = _pred(p, _gaussian())
     with pytest.raises(ValueError, match="needs randomness"):
         sf.reverse_sde(p, pred)
+
+
+def test_samplers_declare_the_reverse_term_structure():
+    """scoreflow's samplers declare `AbstractReverseTerm` as their diffrax
+    `term_structure`: both forms of the reverse dynamics (the PF-ODE drift term and
+    the SDE MultiTerm) qualify and step; a plain ODETerm is refused by diffrax's own
+    check (`TermAndSolverIncompatible`), before any step runs. The SDE form stays a
+    `diffrax.MultiTerm`, so diffrax's SDE solvers take it."""
+    p = helpers.builtin("VP")
+    pred = _pred(p, _gaussian())
+    x1 = jnp.array([0.3, -0.2])
+    s1 = p.t1 - p.t0
+    ode = sf.probability_flow(p, pred)
+    sde = sf.reverse_dynamics(p, pred, eta=1.0, key=jr.key(0), shape=(2,))
+    assert isinstance(ode, sf.internal.AbstractReverseTerm)
+    assert isinstance(sde, sf.internal.AbstractReverseTerm)
+    assert isinstance(sde, diffrax.MultiTerm)
+    assert sf.DDIM.term_structure is sf.internal.AbstractReverseTerm
+    drift, noise = sde.reverse_parts()
+    assert isinstance(drift, sf.internal.ReverseDrift) and noise is not None
+    assert ode.reverse_parts() == (ode.vector_field, None)
+    for terms, solver in [(ode, sf.DDIM()), (sde, sf.DDPM())]:
+        with warnings.catch_warnings():  # DDPM is neither Ito nor Stratonovich
+            warnings.simplefilter("ignore", UserWarning)
+            sol = diffrax.diffeqsolve(terms, solver, 0.0, s1, s1 / 4, x1)
+        assert np.all(np.isfinite(sol.ys))
+    with pytest.raises(ValueError, match="not compatible with solver"):
+        diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda s, x, a: -x), sf.DDIM(), 0.0, s1, s1 / 4, x1
+        )

@@ -5,9 +5,11 @@ from ._defaults import (
     default_sampler as default_sampler,
 )
 from ._dynamics import (
+    AbstractReverseTerm as AbstractReverseTerm,
     ReverseDiffusion as ReverseDiffusion,
     ReverseDrift as ReverseDrift,
     ReverseDriftTerm as ReverseDriftTerm,
+    ReverseSDETerm as ReverseSDETerm,
     forward_sde as forward_sde,
     probability_flow as probability_flow,
     reverse_dynamics as reverse_dynamics,

@@ -34,6 +34,7 @@ choice is made at trace time.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -105,12 +106,55 @@ class ReverseDrift(eqx.Module):
         return -self.process.reverse_drift(t, x, score, self.eta_at(t), self.convention)
 
 
-class ReverseDriftTerm(diffrax.ODETerm):
+def _inner(term):
+    """`term` without the wrappers `diffeqsolve` puts around it (diffrax's
+    `WrapTerm`, which flips time for backward solves, keeps the wrapped term in its
+    public `term` field)."""
+    while not isinstance(term, AbstractReverseTerm) and isinstance(
+        getattr(term, "term", None), diffrax.AbstractTerm
+    ):
+        term = term.term
+    return term
+
+
+class AbstractReverseTerm(diffrax.AbstractTerm):
+    r"""The reverse-time dynamics as one diffrax term: what scoreflow's samplers
+    declare as their `term_structure` (as diffrax's Langevin solvers declare theirs),
+    so `diffrax.diffeqsolve` refuses any other term with `TermAndSolverIncompatible`.
+
+    Two final forms: [`ReverseDriftTerm`][scoreflow.internal.ReverseDriftTerm] (the
+    probability-flow ODE, $\eta = 0$, an `ODETerm`) and
+    [`ReverseSDETerm`][scoreflow.internal.ReverseSDETerm] (a `MultiTerm` of that
+    drift and the Brownian noise term, so diffrax's own SDE solvers take it too).
+    """
+
+    @abc.abstractmethod
+    def reverse_parts(self) -> tuple[ReverseDrift, diffrax.AbstractTerm | None]:
+        r"""`(drift, noise)`: the [`ReverseDrift`][scoreflow.internal.ReverseDrift]
+        (process, predictor, $\eta$, $t_1$) and the noise term (`None` for the
+        ODE)."""
+
+
+class ReverseDriftTerm(diffrax.ODETerm, AbstractReverseTerm):
     r"""The drift term of the reverse-time dynamics: an `ODETerm` whose vector field
     is a [`ReverseDrift`][scoreflow.internal.ReverseDrift] (process, predictor,
-    $\eta$), so scoreflow's samplers find the model through the term's type."""
+    $\eta$), so scoreflow's samplers find the model through the term's type. On its
+    own it is the probability-flow ODE."""
 
     vector_field: ReverseDrift
+
+    def reverse_parts(self):
+        return self.vector_field, None
+
+
+class ReverseSDETerm(diffrax.MultiTerm, AbstractReverseTerm):
+    r"""The reverse-time SDE with noise level $\eta \ne 0$: a `diffrax.MultiTerm` of a
+    [`ReverseDriftTerm`][scoreflow.internal.ReverseDriftTerm] and the `ControlTerm`
+    of $\eta\,g$ on a Brownian path in flipped time."""
+
+    def reverse_parts(self):
+        drift, noise = self.terms
+        return _inner(drift).vector_field, noise
 
 
 class ReverseDiffusion(eqx.Module):
@@ -192,8 +236,12 @@ def reverse_dynamics(
       depends on $x$; then it is required (no silent default), otherwise `None`
       means `"ito"`.
 
-    **Returns:** `diffrax.ODETerm` (for `eta=0`) or
-    `diffrax.MultiTerm(ODETerm, ControlTerm)`.
+    **Returns:** a [`ReverseDriftTerm`][scoreflow.internal.ReverseDriftTerm] (a
+    `diffrax.ODETerm`, for `eta=0`) or a
+    [`ReverseSDETerm`][scoreflow.internal.ReverseSDETerm] (a
+    `diffrax.MultiTerm(ODETerm, ControlTerm)`); both are
+    [`AbstractReverseTerm`][scoreflow.internal.AbstractReverseTerm]s, the term
+    structure of scoreflow's samplers.
 
     **Raises:** `ValueError` if the noise term has no Brownian path.
 
@@ -213,7 +261,7 @@ def reverse_dynamics(
     if _is_static_zero(eta):
         return drift
     bm = _brownian(brownian_motion, key, process, shape, "sf.reverse_dynamics")
-    return diffrax.MultiTerm(
+    return ReverseSDETerm(
         drift,
         diffrax.ControlTerm(ReverseDiffusion(process, eta, float(process.t1)), bm),
     )

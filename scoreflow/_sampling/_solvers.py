@@ -39,34 +39,23 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from diffrax import RESULTS, AbstractTerm, LocalLinearInterpolation
-from diffrax._term import WrapTerm
+from diffrax import RESULTS, LocalLinearInterpolation
 
 from .._process import AbstractScalarProcess
-from ._dynamics import ReverseDriftTerm, _is_static_zero
-
-
-def _unwrap(term):
-    while isinstance(term, WrapTerm):
-        term = term.term
-    return term
+from ._dynamics import AbstractReverseTerm, _inner, _is_static_zero
 
 
 def _split_terms(terms, call):
-    """(ReverseDrift, Brownian ControlTerm or None) from our dynamics' terms."""
-    terms = _unwrap(terms)
-    if isinstance(terms, diffrax.MultiTerm):
-        ode, *rest = (_unwrap(t) for t in terms.terms)
-        noise = rest[0] if rest else None
-    else:
-        ode, noise = terms, None
-    if not isinstance(ode, ReverseDriftTerm):
+    """(ReverseDrift, Brownian noise term or None) from our dynamics' term (the
+    solvers' `term_structure`; `diffeqsolve` has checked it, `sf.step` has not)."""
+    terms = _inner(terms)
+    if not isinstance(terms, AbstractReverseTerm):
         raise ValueError(
             f"`{call}` steps the dynamics built by sf.probability_flow / sf.reverse_sde "
             "/ sf.reverse_dynamics (it needs the model, not just a vector field); got "
             f"terms {type(terms).__name__}."
         )
-    return ode.vector_field, noise
+    return terms.reverse_parts()
 
 
 def _normals(noise, s0, s1, k: int, like, call):
@@ -141,7 +130,7 @@ class AbstractDiffusionSolver(diffrax.AbstractSolver):
     for both $\\hat x_0$ and $\\hat\\varepsilon$). No error estimate: use them on a
     fixed grid."""
 
-    term_structure: ClassVar = AbstractTerm
+    term_structure: ClassVar = AbstractReverseTerm
     process_rung: ClassVar = AbstractScalarProcess
     """What the sampler needs of the process (checked by `sf.sample`)."""
     interpolation_cls: ClassVar[Callable[..., LocalLinearInterpolation]] = (
@@ -151,8 +140,17 @@ class AbstractDiffusionSolver(diffrax.AbstractSolver):
     def init(self, terms, t0, t1, y0, args):
         return None
 
+    def reverse_parts(self, terms):
+        """`(drift, noise)` of the reverse dynamics `step` receives (the term
+        structure [`AbstractReverseTerm`][scoreflow.internal.AbstractReverseTerm],
+        unwrapped from what `diffeqsolve` puts around it): the
+        [`ReverseDrift`][scoreflow.internal.ReverseDrift] (`drift.process`,
+        `drift.predictor`, `drift.time(s)`) and the Brownian noise term, `None` for
+        the probability-flow ODE."""
+        return _split_terms(terms, type(self).__name__)
+
     def func(self, terms, t0, y0, args):
-        drift, _ = _split_terms(terms, type(self).__name__)
+        drift, _ = self.reverse_parts(terms)
         return drift(t0, y0, args)
 
     def order(self, terms):
