@@ -298,9 +298,7 @@ def _residuals(process, mixture, t, x):
     def pf_velocity(s, y):
         return process.reverse_drift(s, y, score(s, y))
 
-    fp, scale = checks.fokker_planck_residual(
-        process, log_prob, t, x, relative="parts"
-    )
+    fp, scale = checks.fokker_planck_residual(process, log_prob, t, x, relative="parts")
     cont = checks.continuity_residual(pf_velocity, log_prob, t, x, relative=False)
     rev = checks.reverse_fokker_planck_residual(
         process, score, log_prob, t, x, relative=False

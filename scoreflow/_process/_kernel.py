@@ -80,6 +80,32 @@ class ClosedFormKernel(AbstractScalarKernel):
         return out
 
 
+def solve_moments(vf, y0, t, *, rtol, atol, max_steps):
+    """The moment ODE `dy/ds = vf(s, y)` from `y0` at $s = 0$ to the scalar time `t`
+    (diffrax Tsit5, PID control at `rtol`/`atol`; at least 1e-6 / 1e-8 below
+    float64): the one integrator behind the scalar and the matrix moment kernels.
+    `t <= 0` returns `y0` (diffeqsolve needs `t1 > t0`, so it integrates to a tiny
+    positive time and the result is replaced)."""
+    dtype = jnp.result_type(t.dtype, float)
+    t = t.astype(dtype)
+    if dtype != jnp.float64:
+        rtol, atol = max(rtol, 1e-6), max(atol, 1e-8)
+    y0 = jax.tree.map(lambda y: jnp.asarray(y, dtype), y0)
+    tiny = jnp.asarray(1e-30 if dtype == jnp.float64 else 1e-20, dtype)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vf),
+        diffrax.Tsit5(),
+        t0=jnp.zeros((), dtype),
+        t1=jnp.maximum(t, tiny),
+        dt0=None,
+        y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        saveat=diffrax.SaveAt(t1=True),
+    )
+    return jax.tree.map(lambda y, y_0: jnp.where(t > 0, y[0], y_0), sol.ys, y0)
+
+
 @eqx.filter_jit
 def _moments_jit(ode, t, params):
     return ode._eval(t, params)
@@ -87,7 +113,8 @@ def _moments_jit(ode, t, params):
 
 class MomentODE(eqx.Module):
     r"""alpha(t), sigma(t)² from the moment ODEs $d\log\alpha = f\,dt$,
-    $d(\sigma^2/\alpha^2) = g^2/\alpha^2\,dt$, integrated by diffrax from 0 to t."""
+    $d(\sigma^2/\alpha^2) = g^2/\alpha^2\,dt$, integrated by diffrax from 0 to t
+    ([`solve_moments`][])."""
 
     f: eqx.Module
     g2: eqx.Module
@@ -96,38 +123,18 @@ class MomentODE(eqx.Module):
         return _moments_jit(self, jnp.asarray(t), params)
 
     def _eval(self, t, params):
-        dtype = jnp.result_type(t.dtype, float)
-        t = t.astype(dtype)
-        tight = dtype == jnp.float64
-
         def vf(s, y, args):
             log_a, _ = y
             return self.f(s, params), self.g2(s, params) * jnp.exp(-2 * log_a)
 
         def solve(tt):
-            sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(vf),
-                diffrax.Tsit5(),
-                t0=jnp.zeros((), dtype),
-                t1=tt,
-                dt0=None,
-                y0=(jnp.zeros((), dtype), jnp.zeros((), dtype)),
-                stepsize_controller=diffrax.PIDController(
-                    rtol=1e-10 if tight else 1e-6, atol=1e-12 if tight else 1e-8
-                ),
-                max_steps=4096,
-                saveat=diffrax.SaveAt(t1=True),
+            log_a, s = solve_moments(
+                vf, (0.0, 0.0), tt, rtol=1e-10, atol=1e-12, max_steps=4096
             )
-            log_a, s = sol.ys
-            return jnp.exp(log_a[0]), jnp.exp(2 * log_a[0]) * s[0]
+            return jnp.exp(log_a), jnp.exp(2 * log_a) * s
 
-        # diffeqsolve needs t1 > t0: evaluate at max(t, tiny) and fix up t = 0.
-        tiny = jnp.asarray(1e-30 if tight else 1e-20, dtype)
-        flat = jnp.ravel(t)
-        a, s2 = jax.vmap(lambda tt: solve(jnp.maximum(tt, tiny)))(flat)
-        a = jnp.where(flat > 0, a, 1.0).reshape(t.shape)
-        s2 = jnp.where(flat > 0, s2, 0.0).reshape(t.shape)
-        return a, s2
+        a, s2 = jax.vmap(solve)(jnp.ravel(t))
+        return a.reshape(t.shape), s2.reshape(t.shape)
 
 
 class MomentKernel(AbstractScalarKernel):

@@ -22,7 +22,6 @@ import dataclasses
 import math
 from typing import Any
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -37,6 +36,7 @@ from .._custom_types import Scalar, ScalarLike
 from .._symbols import t as T_SYM
 from . import _derive
 from ._expr import MatrixCall, MatrixExpr
+from ._kernel import solve_moments
 from ._ladder import AbstractGaussianProcess
 
 _U = sympy.Symbol("u", nonnegative=True)  # integration variable (never user-facing)
@@ -392,35 +392,17 @@ class _MomentODE(eqx.Module):
         return self(t)
 
     def _eval(self, t):
-        dtype = jnp.result_type(t.dtype, float)
-        t = t.astype(dtype)
-        k = self.init_cov.shape[0]
-        tight = dtype == jnp.float64
-        rtol = self.rtol if tight else max(self.rtol, 1e-6)
-        atol = self.atol if tight else max(self.atol, 1e-8)
-
         def vf(s, y, args):
             a, cov = y
             f = self.F(s)
             g = self.G(s)
             return f @ a, f @ cov + cov @ f.T + g @ g.T
 
-        tiny = jnp.asarray(1e-30 if tight else 1e-20, dtype)
-        y0 = (jnp.eye(k, dtype=dtype), self.init_cov.astype(dtype))
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vf),
-            diffrax.Tsit5(),
-            t0=jnp.zeros((), dtype),
-            t1=jnp.maximum(t, tiny),
-            dt0=None,
-            y0=y0,
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=16384,
-            saveat=diffrax.SaveAt(t1=True),
+        k = self.init_cov.shape[0]
+        y0 = (jnp.eye(k), self.init_cov)
+        a, cov = solve_moments(
+            vf, y0, t, rtol=self.rtol, atol=self.atol, max_steps=16384
         )
-        a, cov = sol.ys[0][0], sol.ys[1][0]
-        a = jnp.where(t > 0, a, y0[0])
-        cov = jnp.where(t > 0, cov, y0[1])
         return a, 0.5 * (cov + cov.T)
 
 
