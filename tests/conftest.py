@@ -6,10 +6,10 @@ import pytest
 
 # Exactness tests run in float64; float32 behaviour is tested explicitly by casting.
 jax.config.update("jax_enable_x64", True)
-# Strict dtype promotion (library code never mixes dtypes implicitly) is opt-in for
-# now: SCOREFLOW_STRICT_PROMOTION=1. Its fixes are in; the few-step samplers' float32
-# paths with float64 process parameters still mix dtypes (issue 12, left).
-if os.environ.get("SCOREFLOW_STRICT_PROMOTION") == "1":
+# Strict dtype promotion: library code never mixes dtypes implicitly (a float32
+# path that silently computes in float64, or the reverse, fails here).
+# SCOREFLOW_STRICT_PROMOTION=0 turns it off for a local experiment.
+if os.environ.get("SCOREFLOW_STRICT_PROMOTION", "1") != "0":
     jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 

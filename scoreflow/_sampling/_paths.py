@@ -109,8 +109,10 @@ class PathPredictor(AbstractGuidedPredictor):
         return eqx.tree_at(lambda p: p.predictor, self, self.predictor.map_models(fn))
 
     def hub(self, t, x, cond=None):
-        r"""$(\hat x_0, \hat\varepsilon)$ at path time `t` and path state `x`."""
-        ts, xs = self.to_source(t, jnp.asarray(x))
+        r"""$(\hat x_0, \hat\varepsilon)$ at path time `t` and path state `x` (the
+        time in the state's dtype, as the reverse drift reads it)."""
+        x = jnp.asarray(x)
+        ts, xs = self.to_source(jnp.asarray(t, jnp.result_type(x, float)), x)
         return self.predictor.hub(ts, xs, cond)
 
 
