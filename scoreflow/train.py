@@ -913,6 +913,63 @@ def fit(
     last_good = (
         None if checkpoint is None or not os.path.exists(checkpoint) else checkpoint
     )
+    def finish(i, before, after, value):
+        """Book-keeping of step `i` (`before` -> `after`), once its loss is known:
+        the divergence check, the loss, the bar and the checkpoint."""
+        nonlocal reference, running, last_good
+        value = float(value)
+        if reference is None and math.isfinite(value):
+            reference = value
+        diverged = (
+            divergence is not None
+            and reference is not None
+            and reference > 0
+            and value > divergence * reference
+        )
+        if not math.isfinite(value) or diverged:
+            where = (
+                f"The last good checkpoint is {os.fspath(last_good)!r} (step "
+                f"{read_metadata(last_good)['step']})."
+                if last_good
+                else "No checkpoint was written."
+            )
+            what = (
+                f"the loss is {value}"
+                if not diverged
+                else f"the loss grew from {reference:.4g} (step {start}) to "
+                f"{value:.4g}, more than divergence={divergence:g} times"
+            )
+            raise TrainingDivergedError(
+                f"`sf.train.fit`: {what} at step {i}; training stopped. {where} "
+                f"The last good state (step {i}) is `error.state`. Try a smaller "
+                "learning rate, gradient clipping, or check the data scale and "
+                "the time range.",
+                state=before,
+                step=i,
+                checkpoint=last_good,
+            )
+        losses.append(value)
+        running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+        if bar is not None:
+            bar.update(1)
+            if (i + 1) % 10 == 0 or i + 1 == steps:
+                bar.set_postfix(loss=f"{running:.4g}")
+        if checkpoint is not None and (
+            (i + 1) % checkpoint_every == 0 or i + 1 == steps
+        ):
+            if is_main:
+                save_checkpoint(checkpoint, after, meta)
+            if count > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices(f"sf.train.fit ckpt {i + 1}")
+            last_good = checkpoint
+
+    # A pipeline one step deep: step i + 1 is dispatched (and its batch read and
+    # sent) before step i's loss is read back, so the device never waits for the
+    # host's book-keeping. A bad loss at step i still stops with the state before
+    # step i; the step already queued after it is discarded.
+    pending = None
     try:
         batch = next(feed, None) if steps > start else None
         for i in range(start, steps):
@@ -927,54 +984,13 @@ def fit(
             new_state, value = step_fn(state, *batch)
             # prefetch: the next batch is read and sent while this step runs
             batch = next(feed, None) if i + 1 < steps else None
-            value = float(value)
-            if reference is None and math.isfinite(value):
-                reference = value
-            diverged = (
-                divergence is not None
-                and reference is not None
-                and reference > 0
-                and value > divergence * reference
-            )
-            if not math.isfinite(value) or diverged:
-                where = (
-                    f"The last good checkpoint is {os.fspath(last_good)!r} (step "
-                    f"{read_metadata(last_good)['step']})."
-                    if last_good
-                    else "No checkpoint was written."
-                )
-                what = (
-                    f"the loss is {value}"
-                    if not diverged
-                    else f"the loss grew from {reference:.4g} (step {start}) to "
-                    f"{value:.4g}, more than divergence={divergence:g} times"
-                )
-                raise TrainingDivergedError(
-                    f"`sf.train.fit`: {what} at step {i}; training stopped. {where} "
-                    f"The last good state (step {i}) is `error.state`. Try a smaller "
-                    "learning rate, gradient clipping, or check the data scale and "
-                    "the time range.",
-                    state=state,
-                    step=i,
-                    checkpoint=last_good,
-                )
+            if pending is not None:
+                finish(*pending)
+            pending = (i, state, new_state, value)
             state = new_state
-            losses.append(value)
-            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
-            if bar is not None:
-                bar.update(1)
-                if (i + 1) % 10 == 0 or i + 1 == steps:
-                    bar.set_postfix(loss=f"{running:.4g}")
-            if checkpoint is not None and (
-                (i + 1) % checkpoint_every == 0 or i + 1 == steps
-            ):
-                if is_main:
-                    save_checkpoint(checkpoint, state, meta)
-                if count > 1:
-                    from jax.experimental import multihost_utils
-
-                    multihost_utils.sync_global_devices(f"sf.train.fit ckpt {i + 1}")
-                last_good = checkpoint
+        if pending is not None:
+            finish(*pending)
+            pending = None
     finally:
         if bar is not None:
             bar.close()
