@@ -494,7 +494,7 @@ def test_second_fit_reuses_the_compiled_step():
         traces.append(1)  # runs only while tracing
         return inner(model, x0, key)
 
-    data = np.asarray(jr.normal(jr.key(0), (64, 2)), np.float32)
+    data = np.asarray(jr.normal(jr.key(0), (64, 2)))  # float64, like the network
     net = sf.nets.MLP(2, width=8, depth=1, key=jr.key(1))
     kw = dict(key=jr.key(2), steps=3, batch_size=16, progress=False)
 

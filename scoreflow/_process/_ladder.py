@@ -403,4 +403,4 @@ def level_index(t, n: int, t1):
     t = jnp.asarray(t)
     dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
     i = jnp.clip(jnp.floor(t.astype(dtype) * (n - 1) / t1), 0, n - 1).astype(jnp.int32)
-    return i, (i * (t1 / (n - 1))).astype(dtype)
+    return i, (i.astype(dtype) * (t1 / (n - 1))).astype(dtype)
