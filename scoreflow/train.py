@@ -985,7 +985,7 @@ def fit(
                 )
                 break
             new_state, value = step_fn(state, *batch)
-            # prefetch: the next batch is read and sent while this step runs
+            # the next batch is read (on a mesh, placed) while this step runs
             batch = next(feed, None) if i + 1 < steps else None
             if pending is not None:
                 finish(*pending)
