@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._loss._time_sampler import DiscreteTime
 from ._process import AbstractProcess, TabulatedVP
 from ._process._table import INTERPOLATIONS
 
@@ -238,8 +239,6 @@ class DDPMTimesteps(TimeConvention):
 
         **Returns:** a [`scoreflow.internal.DiscreteTime`][].
         """
-        from ._loss._time_sampler import DiscreteTime
-
         return DiscreteTime(self, low, high)
 
 

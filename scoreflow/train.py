@@ -916,6 +916,7 @@ def fit(
     last_good = (
         None if checkpoint is None or not os.path.exists(checkpoint) else checkpoint
     )
+
     def finish(i, before, after, value):
         """Book-keeping of step `i` (`before` -> `after`), once its loss is known:
         the divergence check, the loss, the bar and the checkpoint."""

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._declared import SDE, Interpolant
 from ._expr import as_time
 from ._ladder import AbstractScalarProcess
 from ._log_snr import closed_form_time
@@ -132,13 +133,9 @@ class TabulatedVP(AbstractScalarProcess):
     def as_interpolant(self) -> AbstractScalarProcess:
         """This process as `sf.Interpolant(alpha, sigma)` of callables (numeric
         derivations)."""
-        from ._declared import Interpolant
-
         return Interpolant(self.alpha, self.sigma, t0=self.t0, t1=self.t1)
 
     def as_sde(self) -> AbstractScalarProcess:
         """This process as `sf.SDE(drift, diffusion)` of callables (its kernel then
         comes from the moment ODEs)."""
-        from ._declared import SDE
-
         return SDE(lambda t, x: self.f(t) * x, self.diffusion, t0=self.t0, t1=self.t1)

@@ -1,9 +1,5 @@
 """Reverse-time dynamics, samplers and guidance."""
 
-from ._defaults import (
-    SamplerConfig as SamplerConfig,
-    default_sampler as default_sampler,
-)
 from ._dynamics import (
     AbstractReverseTerm as AbstractReverseTerm,
     ReverseDiffusion as ReverseDiffusion,
@@ -49,7 +45,11 @@ from ._paths import (
     on_path as on_path,
     straight_path as straight_path,
 )
-from ._sample import sample as sample
+from ._sample import (
+    SamplerConfig as SamplerConfig,
+    default_sampler as default_sampler,
+    sample as sample,
+)
 from ._solvers import (
     DDIM as DDIM,
     DDPM as DDPM,

@@ -28,12 +28,11 @@ from diffrax import RESULTS, AbstractTerm, LocalLinearInterpolation
 from jaxtyping import Array, Float
 
 from .._predictor import AbstractPredictor
-from ._defaults import SamplerConfig
 from ._grids import _check_steps, log_snr_grid, uniform_grid
 from ._multistep import DPMSolverPP3M
 from ._optimise import adam_minimise, grid_fractions
 from ._paths import on_path, straight_path
-from ._sample import sample
+from ._sample import SamplerConfig, sample
 
 
 class LearnedAdams(diffrax.AbstractSolver):

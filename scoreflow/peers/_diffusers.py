@@ -36,7 +36,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 
-from .._sampling._defaults import SamplerConfig
+from .._sampling import SamplerConfig
 from .._sampling._grids import _check_steps, diffusers_timesteps as _timesteps
 from .._sampling._solvers import DDIM, DDPM, DPMSolverPP2M
 from .._time import DDPMTimesteps

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from .._process import AbstractScalarProcess, require
-from .._sampling._defaults import SamplerConfig
+from .._sampling import SamplerConfig
 from .._sampling._grids import edm_grid
 from .._sampling._solvers import EDMHeun
 from .._time import SigmaTime

@@ -25,7 +25,7 @@ import numpy as np
 
 from .._predictor import Predictor
 from .._process import VP, Interpolant, RectifiedFlow
-from .._sampling._defaults import SamplerConfig
+from .._sampling import SamplerConfig
 from .._time import FlowMatchingTime
 
 # --------------------------------------------------------------------------- #

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .._process import AbstractScalarProcess, require
-from .._sampling._defaults import SamplerConfig
+from .._sampling import SamplerConfig
 from .._sampling._solvers import PredictorCorrector
 
 _PREDICTORS = {
