@@ -18,7 +18,10 @@ no teacher), `sf.progressive_loss` (PD, DDIM). Few-step samples come from
 `sf.few_step_sample(..., steps=k)`, its default grid: for CD/CT the rho = 7 EDM grid,
 whose levels are every (16/k)-th training level (CM re-noises between jumps); for MF
 uniform in t. The "uniform t" rows rerun CD/CT on `sf.uniform_grid(p, k)` (the
-earlier default, intermediate levels off the training grid) for comparison.
+earlier default, intermediate levels off the training grid) for comparison; the
+"searched" rows on `sf.few_step_grid(key, p, model, x_train, k)` (Song et al.'s greedy
+search of the levels, here by Frechet distance to the training data, never to the
+exact samples of the evaluation).
 
 Metrics on `--eval` samples: Frechet distance to exact samples
 (`sf.metrics.frechet_distance`), and the total-variation distance between the mode
@@ -114,11 +117,11 @@ def train_all(p, data, steps, key, *, batch=256, ema=0.995, cd_steps=16, pd_star
         prev = sf.Predictor(student, p, "x0")
         grid = loss.student_grid
         pd[int(grid.shape[0] - 1)] = (prev, grid)
-    return scale, teacher, models, pd
+    return scale, teacher, models, pd, x
 
 
-def evaluate(p, data, scale, teacher, models, pd, num, key, log=print):
-    k_exact, k_floor, k_s = jr.split(key, 3)
+def evaluate(p, data, scale, teacher, models, pd, x_train, num, key, log=print):
+    k_exact, k_floor, k_s, k_search = jr.split(key, 4)
     exact = np.asarray(data.sample(k_exact, num))
     rows = [("exact", "-", *metrics(data.sample(k_floor, num), data, exact))]
     samples = {}
@@ -137,6 +140,12 @@ def evaluate(p, data, scale, teacher, models, pd, num, key, log=print):
                 xs = sf.few_step_sample(k_s, p, model, (2,), num=num,
                                         time_grid=sf.uniform_grid(p, k)) * scale
                 rows.append((f"{name}, uniform t", k, *metrics(xs, data, exact)))
+        for k in (2, 4):  # Song et al.'s greedy search, on the training data
+            grid = sf.few_step_grid(k_search, p, model, x_train, k)
+            xs = sf.few_step_sample(k_s, p, model, (2,), num=num,
+                                    time_grid=grid) * scale
+            log(f"  {name} searched {k}-step grid: {np.round(np.asarray(grid), 4)}")
+            rows.append((f"{name}, searched", k, *metrics(xs, data, exact)))
     for k in (1, 2, 4):
         student, grid = pd[k]
         xs = sf.sample(k_s, p, student, (2,), num=num, solver=sf.DDIM(),

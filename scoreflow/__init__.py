@@ -132,6 +132,7 @@ from ._distill import (
     AbstractFewStepModel as AbstractFewStepModel,
     consistency_loss as consistency_loss,
     ConsistencyModel as ConsistencyModel,
+    few_step_grid as few_step_grid,
     few_step_sample as few_step_sample,
     meanflow_loss as meanflow_loss,
     MeanFlowMLP as MeanFlowMLP,

@@ -336,3 +336,49 @@ def test_meanflow_default_grid_stays_uniform_and_time_grid_overrides(getkey):
     np.testing.assert_array_equal(info["ts"], grid)
     with pytest.raises(ValueError, match="int >= 1"):
         sf.few_step_sample(getkey(), p, f, (2,), num=2, steps=0)
+
+
+def _fd_scipy(x, y):
+    """The Frechet distance of Gaussian fits, written with scipy (independent of
+    sf.metrics)."""
+    import scipy.linalg
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    m1, m2 = x.mean(0), y.mean(0)
+    c1, c2 = np.cov(x.T), np.cov(y.T)
+    root = scipy.linalg.sqrtm(c1 @ c2).real
+    return float(np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * root))
+
+
+def test_few_step_grid_is_the_greedy_fd_search(getkey):
+    """`sf.few_step_grid` picks each intermediate time as the candidate whose samples
+    (the same noise for every candidate) are closest to the data in Frechet
+    distance, one at a time (Song et al. 2023): the two-step choice is the argmin of
+    an FD computed here with scipy; the three-step grid keeps that first time (greedy),
+    is strictly decreasing and takes its times from the candidates."""
+    p = sf.RectifiedFlow()
+    cm = sf.ConsistencyModel(sf.nets.MLP(2, width=8, depth=1, key=getkey()), p)
+    data = jr.normal(getkey(), (512, 2)) * jnp.array([1.0, 0.3]) + 0.5
+    cands = sf.edm_grid(p, 8)[1:-1]
+    key = getkey()
+    kw = dict(candidates=cands, num=256)
+    one = sf.few_step_grid(key, p, cm, data, 1, **kw)
+    np.testing.assert_array_equal(one, cm.sampling_grid(1))
+    two = sf.few_step_grid(key, p, cm, data, 2, **kw)
+    start, end = float(one[0]), float(one[-1])
+    fds = []
+    for c in np.asarray(cands):
+        grid = jnp.asarray([start, c, end])
+        xs = sf.few_step_sample(key, p, cm, (2,), num=256, time_grid=grid)
+        fds.append(_fd_scipy(xs, data))
+    assert float(two[1]) == float(np.asarray(cands)[int(np.argmin(fds))])
+    three = sf.few_step_grid(key, p, cm, data, 3, **kw)
+    assert three.shape == (4,) and float(three[1]) == float(two[1])
+    assert np.all(np.diff(np.asarray(three)) < 0)
+    assert float(three[2]) in set(np.asarray(cands).tolist())
+    with pytest.raises(ValueError, match="steps"):
+        sf.few_step_grid(key, p, cm, data, 0)
+    with pytest.raises(ValueError, match="candidates give 1"):
+        sf.few_step_grid(key, p, cm, data, 3, candidates=cands[:1])
+    with pytest.raises(ValueError, match=r"\(n, \*shape\)"):
+        sf.few_step_grid(key, p, cm, data[0], 2)

@@ -20,4 +20,7 @@ from ._progressive import (
     ProgressiveLoss as ProgressiveLoss,
     progressive_loss as progressive_loss,
 )
-from ._sample import few_step_sample as few_step_sample
+from ._sample import (
+    few_step_grid as few_step_grid,
+    few_step_sample as few_step_sample,
+)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._sampling import check_time_grid
+from ..metrics import frechet_distance
 from ._models import AbstractFewStepModel
 
 
@@ -131,3 +132,96 @@ def few_step_sample(
         "ts": grid,
     }
     return xs, info
+
+
+def few_step_grid(
+    key,
+    process,
+    model: AbstractFewStepModel,
+    data,
+    steps: int,
+    *,
+    candidates=None,
+    num: int = 4096,
+):
+    r"""The `steps`-step sampling grid of a few-step model chosen as Song et al.
+    (2023, Consistency Models, Sec. 6) choose theirs: greedily, one intermediate
+    time at a time, each the candidate whose `k`-step samples are closest to the
+    data. Step $j$ fixes $\tau_j$ (below $\tau_{j-1}$) by trying every candidate and
+    keeping the one whose grid $(\tau_0, \tau_1, \dots, \tau_j, t_0)$ gives the
+    smallest Fréchet distance ([`scoreflow.metrics.frechet_distance`][]) between
+    `num` samples from `key` (the same noise for every candidate) and `data`.
+    The paper searches each time by ternary search on FID; here the search is over a
+    finite set, by default the interior levels of the model's 16-step
+    `sampling_grid` (for an `sf.ConsistencyModel`, the levels
+    `sf.consistency_loss` trains on by default).
+
+    Pass training (or held-out) data, never the samples you evaluate against: the
+    grid is fitted to `data`.
+
+    **Arguments:**
+
+    - `key`: PRNG key of the samples drawn during the search (use another key to
+      sample with the result).
+    - `process`, `model`: as for [`scoreflow.few_step_sample`][].
+    - `data`: data samples, shape `(n, *shape)`, in the model's coordinates.
+    - `steps`: the number of jumps (a Python int $\ge 1$); `steps=1` returns the
+      one-step grid $(\tau_0, t_0)$.
+    - `candidates`: the times to choose from (default above); times outside
+      $(t_0, \tau_0)$ are ignored.
+    - `num`: samples per trial.
+
+    **Returns:** a strictly decreasing array of `steps + 1` times, from the model's
+    start time $\tau_0$ to $t_0$; pass it as `few_step_sample(..., time_grid=...)`.
+
+    **Raises:** `ValueError` for `steps < 1`, fewer candidates than `steps - 1`, or
+    data that is not `(n, *shape)` with `n >= 2`.
+
+    ```python
+    grid = sf.few_step_grid(jr.key(5), p, cm, x_train, 2)
+    xs = sf.few_step_sample(jr.key(0), p, cm, (2,), num=10_000, time_grid=grid)
+    ```
+    """
+    call = "sf.few_step_grid"
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(
+            f"`{call}(steps=...)` must be a Python int >= 1, got {steps!r}."
+        )
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise ValueError(f"`{call}(num=...)` must be a Python int >= 2, got {num!r}.")
+    data = jnp.asarray(data)
+    if data.ndim < 2 or data.shape[0] < 2:
+        raise ValueError(
+            f"`{call}`: data must be an array of samples (n, *shape) with n >= 2, got "
+            f"shape {data.shape}."
+        )
+    shape = tuple(data.shape[1:])
+    dtype = jnp.result_type(float)
+    base = jnp.asarray(model.sampling_grid(1), dtype)
+    start, end = float(base[0]), float(base[-1])
+    if candidates is None:
+        candidates = jnp.asarray(model.sampling_grid(16), dtype)[1:-1]
+    pool = sorted(
+        {float(c) for c in jnp.ravel(jnp.asarray(candidates, dtype))}, reverse=True
+    )
+    pool = [c for c in pool if end < c < start]
+    if len(pool) < steps - 1:
+        raise ValueError(
+            f"`{call}`: {steps} steps need {steps - 1} intermediate times inside "
+            f"({end:g}, {start:g}); the candidates give {len(pool)}."
+        )
+    flat = data.reshape(data.shape[0], -1)
+
+    def distance(times):
+        grid = jnp.asarray([start, *times, end], dtype)
+        xs = few_step_sample(key, process, model, shape, num=num, time_grid=grid)
+        return float(frechet_distance(xs.reshape(num, -1), flat))
+
+    chosen: list[float] = []
+    for j in range(steps - 1):
+        left = steps - 2 - j  # intermediate times still to place below this one
+        options = [c for c in pool if (not chosen or c < chosen[-1])]
+        options = options[: len(options) - left] if left else options
+        scores = [distance([*chosen, c]) for c in options]
+        chosen.append(options[min(range(len(options)), key=scores.__getitem__)])
+    return jnp.asarray([start, *chosen, end], dtype)
