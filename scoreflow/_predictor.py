@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import ScalarLike
+from ._precond import EDMPreconditioner
 from ._process import AbstractProcess, AbstractScalarProcess, require
 
 PREDICTIONS = ("score", "eps", "x0", "velocity", "v")
@@ -245,8 +246,6 @@ class Predictor(AbstractPredictor):
                 ),
             )
         if precondition == "edm":
-            from ._precond import EDMPreconditioner
-
             if prediction != "x0":
                 raise ValueError(
                     "`sf.Predictor(precondition='edm')`: the preconditioned network "
