@@ -969,9 +969,9 @@ def fit(
                 multihost_utils.sync_global_devices(f"sf.train.fit ckpt {i + 1}")
             last_good = checkpoint
 
-    # A pipeline one step deep: step i + 1 is dispatched (and its batch read and
-    # sent) before step i's loss is read back, so the device never waits for the
-    # host's book-keeping. A bad loss at step i still stops with the state before
+    # A pipeline one step deep: step i + 1 is dispatched (its batch read before)
+    # ahead of step i's loss being read back, so an asynchronous device never waits
+    # for the host's book-keeping (on CPU the step runs inside the dispatch). A bad loss at step i still stops with the state before
     # step i; the step already queued after it is discarded.
     pending = None
     try:
