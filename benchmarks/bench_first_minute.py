@@ -18,7 +18,9 @@ Children run with bytecode caching on (as an installed package: `__pycache__`
 written on a first, untimed import) and `JAX_PLATFORMS=cpu`. The last row repeats the
 first-sample row with JAX's own persistent compilation cache warm (a user option,
 `jax.config.update("jax_compilation_cache_dir", ...)`; scoreflow does not set it).
-`--root DIR` times another checkout (e.g. the commit before a change).
+`--root DIR` times another checkout (e.g. the commit before a change). The two
+"floor" rows time what no change to scoreflow can remove: importing its mandated
+dependencies, and the same first samples written by hand with JAX alone.
 
 Targets (issue 14, idle 2-core machine): built-ins and a warm custom process
 <= 0.1 s; a cold closed-form schedule <= 1 s; a schedule sympy cannot integrate
@@ -51,9 +53,43 @@ IMPORTS = (
     "import jax, jax.numpy as jnp, jax.random as jr, sympy\nimport scoreflow as sf"
 )
 
+# The same two-Gaussian model and 5 Midpoint steps (10 NFE) on VP's straight path,
+# written by hand in JAX alone: what a fresh process needs with no scoreflow, no
+# diffrax and no sympy (the floor under the "fresh process" rows).
+HAND_WRITTEN = """
+import jax, jax.numpy as jnp, jax.random as jr
+w = jnp.array([0.3, 0.7]); mu = jnp.array([[-2.0, 0.0], [2.0, 0.0]])
+var = jnp.array([1.0, 0.5])
+def velocity(u, y):  # straight path: y = (1 - u) x0 + u eps, exact posterior mean
+    a, s = 1 - u, u
+    v = a**2 * var + s**2
+    logp = jnp.log(w) - jnp.sum((y - a * mu) ** 2, -1) / (2 * v) - jnp.log(v)
+    r = jax.nn.softmax(logp)
+    x0 = jnp.sum(r[:, None] * (mu + (a * var / v)[:, None] * (y - a * mu)), 0)
+    return (y - x0) / u
+@jax.jit
+def sample(key):
+    def one(k):
+        def step(y, uu):
+            h = uu[1] - uu[0]
+            ym = y + 0.5 * h * velocity(uu[0], y)
+            return y + h * velocity(uu[0] + 0.5 * h, ym), None
+        us = jnp.linspace(0.9934, 1e-3, 6)
+        return jax.lax.scan(step, jr.normal(k, (2,)), (us[:-1], us[1:]))[0]
+    return jax.vmap(one)(jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(16)))
+xs = jax.block_until_ready(sample(jr.key(0)))
+"""
+
 # (label, setup (untimed), body (timed), whole process?, prefill the disk cache?)
 ROWS = [
     ("`import jax`", "", "import jax", False, False),
+    (
+        "floor: `import equinox, diffrax, sympy, sympy2jax, optax` (after jax)",
+        "import jax",
+        "import equinox, diffrax, sympy, sympy2jax, optax",
+        False,
+        False,
+    ),
     ("`import scoreflow` (after jax)", "import jax", "import scoreflow", False, False),
     ("`sf.VP()` cold", IMPORTS, "p = sf.VP()", False, False),
     (
@@ -125,6 +161,13 @@ ROWS = [
         + PREDICTOR
         + "xs = jax.block_until_ready(sf.sample(jr.key(0), p, pred, (2,), num=16, "
         "solver=sf.DPMSolverPP2M(), time_grid=sf.log_snr_grid(p, 10)))",
+        True,
+        False,
+    ),
+    (
+        "floor: fresh process to the same samples, hand-written in JAX alone",
+        "",
+        HAND_WRITTEN,
         True,
         False,
     ),

@@ -416,6 +416,45 @@ def test_jit_and_vmap_of_a_path_predictor():
     assert out.shape == (4, 2) and bool(jnp.all(jnp.isfinite(out)))
 
 
+def test_path_grid_is_the_pointwise_path_map():
+    """`path_grid` (the scale k(u) and source time t(u) on a grid, one program) is
+    the path predictor's own pointwise maps, with the source's exact ends."""
+    from scoreflow._sampling._paths import path_grid
+
+    gm = toy.ring_mixture()
+    vp = sf.VP()
+    pp = sf.on_path(sf.Predictor(gm.eps(vp), vp, prediction="eps"))
+    us = sf.uniform_grid(pp.process, 5)
+    scale, ts = path_grid(vp, pp.process, us)
+    for u, k, t in zip(us, scale, ts):
+        np.testing.assert_allclose(k, pp.scale(u), rtol=1e-12)
+    np.testing.assert_allclose(ts[1:-1], [pp.source_time(u) for u in us[1:-1]])
+    assert float(ts[0]) == vp.t1 and float(ts[-1]) == vp.t0
+
+
+def test_on_path_derives_the_inverse_before_jit(monkeypatch):
+    """Inside jit a process's parameters are traced and cannot pick the branch of
+    the closed-form inverse log-SNR, so a first call there fell back to bisection
+    (a bigger program, and a result that depended on whether an eager call came
+    first). `sf.on_path` derives it first (`prepare_inverse`)."""
+    from scoreflow._process import _declared, _log_snr
+
+    def no_bisection(*args):
+        raise AssertionError("bisection inside jit")
+
+    monkeypatch.setattr(_log_snr, "_INVERSES", {})
+    monkeypatch.setattr(_declared, "_bisect_jit", no_bisection)
+    vp = sf.VP()
+    in_jit = eqx.filter_jit(lambda q, lam: q.t_from_log_snr(lam))
+    with pytest.raises(AssertionError, match="bisection"):
+        in_jit(vp, jnp.asarray(0.0))
+    sf.on_path(sf.Predictor(toy.ring_mixture().eps(vp), vp, prediction="eps"))
+    t = in_jit(vp, jnp.asarray(0.0))
+    np.testing.assert_allclose(vp.log_snr(t), 0.0, atol=1e-9)
+    # a process without a closed-form inverse: nothing to derive, no error
+    sf.CosineVP().prepare_inverse()
+
+
 # --------------------------------------------------------------------------- #
 # Defaults
 # --------------------------------------------------------------------------- #

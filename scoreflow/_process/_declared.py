@@ -229,12 +229,7 @@ class AbstractDeclaredScalarProcess(AbstractDeclaredProcess, AbstractScalarProce
         decreasing in t): sympy's closed-form inverse where it finds one, else a
         checked bisection on $[t_0, t_1]$; a log-SNR outside
         $[\lambda(t_1), \lambda(t_0)]$ raises."""
-        d = self._info.derivation
-        inv = None
-        if d is not None and d.log_snr is not None:
-            inv = inverse_for(
-                d.log_snr, self.params, self._info.param_symbols, (self.t0, self.t1)
-            )
+        inv = self._inverse()
         if type(self).log_snr is not AbstractDeclaredScalarProcess.log_snr:
             # A subclass's own log-SNR: evaluated as it is defined.
             if inv is not None:
@@ -249,6 +244,18 @@ class AbstractDeclaredScalarProcess(AbstractDeclaredProcess, AbstractScalarProce
         if inv is not None:
             return _closed_form_jit(inv, log_snr, lam, self.t0, self.t1)
         return _bisect_jit(log_snr, lam, self.t0, self.t1)
+
+    def _inverse(self):
+        # the compiled closed-form inverse log-SNR, or None (then bisection)
+        d = self._info.derivation
+        if d is None or d.log_snr is None:
+            return None
+        return inverse_for(
+            d.log_snr, self.params, self._info.param_symbols, (self.t0, self.t1)
+        )
+
+    def prepare_inverse(self) -> None:
+        self._inverse()
 
     def as_interpolant(self) -> AbstractScalarProcess:
         """This process declared by its kernel (`sf.Interpolant`)."""

@@ -145,6 +145,17 @@ class AbstractProcess(eqx.Module):
             )
         return convention
 
+    def prepare_inverse(self) -> None:
+        r"""Derive now, outside `jax.jit`, what a method would otherwise replace by
+        a numeric fallback inside jit: for a declared scalar process, the
+        closed-form inverse of the log-SNR that `t_from_log_snr` uses. Inside jit
+        the parameters are traced and cannot choose the inverse's branch, so a
+        first call there falls back to bisection (agreeing to float32 round-off, but
+        a larger program, and a result that depended on whether an eager call came
+        first). `sf.sample` and `sf.on_path` call it before they compile. A no-op
+        where there is nothing to derive, or with traced parameters."""
+        return None
+
     def check_sde_solver(self, solver, *, call: str) -> None:
         """Raise if `solver` cannot integrate this process's noise (e.g. an
         additive-noise SRK for a diffusion that depends on x)."""

@@ -23,6 +23,7 @@ import functools
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 from .._process import AbstractProcess, AbstractScalarProcess, RectifiedFlow, require
@@ -69,6 +70,32 @@ def _rectified_flow(t0: float, t1: float) -> RectifiedFlow:
     return RectifiedFlow(t0=t0, t1=t1)
 
 
+def _source_time(src, path, t):
+    # the source time with the path's log-SNR at path time t
+    lam = path.log_snr(t)
+    # the two ranges agree up to round-off at the ends: clip into the source's
+    lam = jnp.clip(lam, src.log_snr(src.t1), src.log_snr(src.t0))
+    return src.t_from_log_snr(lam).astype(jnp.result_type(t))
+
+
+def _scale(src, path, t):
+    # k(t) = y / x, in the sum form that stays finite at both ends
+    ts = _source_time(src, path, t)
+    return (path.alpha(t) + path.sigma(t)) / (src.alpha(ts) + src.sigma(ts))
+
+
+@eqx.filter_jit
+def path_grid(src, path, grid):
+    r"""`(k(u), t(u))` at each time `u` of `grid` on `path`: the scale $y/x$ and the
+    source time, in one compiled program (evaluated op by op, a session's first
+    default sample compiled some twenty small programs: issue 14). The ends of the
+    source times are the source's own `t1`, `t0`."""
+    scale = jax.vmap(lambda u: _scale(src, path, u))(grid)
+    ts = jax.vmap(lambda u: _source_time(src, path, u))(grid)
+    ts = ts.at[0].set(jnp.asarray(src.t1, ts.dtype))
+    return scale, ts.at[-1].set(jnp.asarray(src.t0, ts.dtype))
+
+
 class PathPredictor(AbstractGuidedPredictor):
     r"""A predictor trained under `predictor.process`, read along another `path`
     with the same log-SNR range (see the module docstring): its `process` is `path`,
@@ -87,19 +114,11 @@ class PathPredictor(AbstractGuidedPredictor):
 
     def source_time(self, t):
         r"""The source time with the path's log-SNR at path time `t`."""
-        src = self.predictor.process
-        lam = self.path.log_snr(t)
-        # the two ranges agree up to round-off at the ends: clip into the source's
-        lam = jnp.clip(lam, src.log_snr(src.t1), src.log_snr(src.t0))
-        return src.t_from_log_snr(lam).astype(jnp.result_type(t))
+        return _source_time(self.predictor.process, self.path, t)
 
     def scale(self, t):
         r"""$k(t) = y/x$: path state over source state at path time `t`."""
-        src = self.predictor.process
-        ts = self.source_time(t)
-        return (self.path.alpha(t) + self.path.sigma(t)) / (
-            src.alpha(ts) + src.sigma(ts)
-        )
+        return _scale(self.predictor.process, self.path, t)
 
     def to_source(self, t, y):
         """(source time, source state) of the path point `(t, y)`."""
@@ -146,4 +165,5 @@ def on_path(predictor, path: AbstractProcess | str = "straight") -> PathPredicto
             )
         path = straight_path(src)
     _check_kernel("sf.on_path", path)
+    src.prepare_inverse()  # the closed form inside jit, not bisection
     return PathPredictor(predictor, path)

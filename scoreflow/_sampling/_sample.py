@@ -37,7 +37,7 @@ from .._predictor import AbstractPredictor
 from .._process import AbstractScalarProcess, require
 from ._dynamics import _as_eta, _is_static_zero, reverse_dynamics, sde_convention
 from ._grids import _check_steps, check_time_grid, uniform_grid
-from ._paths import on_path, straight_path
+from ._paths import on_path, path_grid, straight_path
 from ._solvers import (
     SAMPLE_AXIS,
     AbstractDiffusionSolver,
@@ -934,6 +934,7 @@ def sample(
         throw=bool(throw),
         batch_system=batch_system,
     )
+    process.prepare_inverse()  # a closed-form t_from_log_snr inside the sampler
     xs, info = _sample_impl(
         key,
         noise,
@@ -985,7 +986,8 @@ def _sample_on_path(cfg, args: dict):
     $x = y/k(u)$ at the source times $t(u)$ (`info["ts"]`)."""
     pp = on_path(args["predictor"], cfg.process)
     grid = jnp.asarray(cfg.time_grid, jnp.result_type(float))
-    scale = jax.vmap(pp.scale)(grid)  # k(u) = y / x at each grid time
+    # k(u) = y / x and the source time t(u) at each grid time, one program
+    scale, ts = path_grid(pp.predictor.process, pp.path, grid)
     noise = args["noise"]
     if noise is not None:
         noise = jnp.asarray(noise)
@@ -1004,8 +1006,6 @@ def _sample_on_path(cfg, args: dict):
     )
     if not args["denoise"]:
         xs = _unscale_end(xs, scale)
-    process = args["process"]
-    ts = jax.vmap(pp.source_time)(grid).at[0].set(process.t1).at[-1].set(process.t0)
     info["ts"] = jnp.broadcast_to(ts.astype(info["ts"].dtype), info["ts"].shape)
     if args["return_trajectory"]:
         traj = info["trajectory"]  # (num, steps + 1, *shape)
