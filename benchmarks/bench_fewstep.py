@@ -337,6 +337,45 @@ def table(problem, results, floor, nfes, with_tv):
     return "\n".join(lines)
 
 
+DENOISE_AT = (1 / 3, 0.2, 0.1, 0.05, 0.02)
+
+
+def denoise_sweep(num_a, num_b):
+    """NFE 5 on the straight path: two Midpoint steps from u(t1) to u2 (the inner
+    time halfway) and a final denoise at u2, for each u2 in `DENOISE_AT`, beside
+    the default (two Midpoint steps to u(t0), 4 NFE). u2 = 1/3 is
+    `sf.denoise_grid`. One parameter of a fixed configuration, measured on both
+    problems: does any value serve both?"""
+    cells = {}
+    for name, gm, num in (("A", problem_a(), num_a), ("B", problem_b(), num_b)):
+        vp = sf.VP()
+        pred = sf.Predictor(gm.eps(vp), vp, prediction="eps")
+        pp = sf.on_path(pred)
+        rf = pp.process
+        data = gm.sample(jr.key(100), num)
+        nll_data = -float(
+            jnp.mean(jax.scipy.special.logsumexp(_component_logp(gm, data), -1))
+        )
+        rows = {"default (2 Midpoint steps to u(t0), 4 NFE)": (vp, pred, {})}
+        for u2 in DENOISE_AT:
+            grid = jnp.array([rf.t1, u2 + 0.5 * (rf.t1 - u2), u2])
+            rows[f"2 Midpoint steps to u = {u2:.3g}, then denoise"] = (
+                rf,
+                pp,
+                dict(solver=diffrax.Midpoint(), time_grid=grid, denoise=True),
+            )
+        for label, (proc, pr, kw) in rows.items():
+            if not kw:
+                kw = dict(steps=2)
+            xs = sf.sample(jr.key(0), proc, pr, (gm.dim,), num=num, **kw)
+            m = metrics(gm, xs, nll_data)
+            cells.setdefault(label, []).append(f"{m['fd']:.4f} / {m['gap']:+.2f}")
+            print(f"  {name} {label:<45} FD {m['fd']:.4f} gap {m['gap']:+.2f}")
+    print("\n| NFE 5 | A: FD / gap | B: FD / gap |\n|---|---|---|")
+    for label, (a, b) in cells.items():
+        print(f"| {label} | {a} | {b} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--num-a", type=int, default=50_000)
@@ -352,8 +391,16 @@ def main():
         default=None,
         help="subset of: unipc2 unipc3 midpoint learned",
     )
+    ap.add_argument(
+        "--denoise-sweep",
+        action="store_true",
+        help="only the NFE-5 sweep of the final-denoise time (both problems)",
+    )
     args = ap.parse_args()
     print(f"devices: {jax.devices()}, float32")
+    if args.denoise_sweep:
+        denoise_sweep(args.num_a, args.num_b)
+        return
     out = []
     if args.only_problem in (None, "A"):
         r, f = run(

@@ -551,3 +551,23 @@ def test_ssm_ou_matches_dsm_minimiser():
     g = jax.jit(jax.jacfwd(per))(jnp.asarray(0.0))
     assert abs(float(jnp.mean(g))) < 4 * float(jnp.std(g)) / np.sqrt(g.size)
     assert float(jnp.mean(per(0.5))) > float(jnp.mean(per(0.0)))
+
+
+def test_loss_derives_the_inverse_before_jit(monkeypatch):
+    """A loss whose time sampler maps log-SNR to time (`sf.LogNormalSigma`) calls
+    `t_from_log_snr` inside the jitted training step; building the loss derives
+    the closed-form inverse first (`process.prepare_inverse`), so the step never
+    falls back to bisection because nothing eager ran before it."""
+    from scoreflow._process import _declared, _log_snr
+
+    def no_bisection(*args):
+        raise AssertionError("bisection inside jit")
+
+    monkeypatch.setattr(_log_snr, "_INVERSES", {})
+    monkeypatch.setattr(_declared, "_bisect_jit", no_bisection)
+    p = sf.VP()
+    loss = sf.dsm_loss(p, time_sampler=sf.LogNormalSigma(), check_scale=False)
+    net = lambda t, x: x * t  # noqa: E731
+    x0 = jnp.ones((8, 2))
+    value = eqx.filter_jit(lambda l, k: l(net, x0, k))(loss, jr.key(0))
+    assert np.isfinite(float(value))

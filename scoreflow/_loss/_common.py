@@ -131,6 +131,12 @@ class AbstractLoss(eqx.Module):
     null_cond: eqx.AbstractVar[object]
     check_scale: eqx.AbstractVar[bool]
 
+    def __check_init__(self):
+        # a time sampler that maps log-SNR to time (sf.LogNormalSigma,
+        # sf.LikelihoodImportance) calls t_from_log_snr inside the jitted training step:
+        # derive its closed form now, not a bisection chosen by what ran first
+        self.process.prepare_inverse()
+
     @abc.abstractmethod
     def per_example(self, model, x0, key, cond=None):
         """The loss of each example, shape `(n,)` (its mean is the loss)."""
