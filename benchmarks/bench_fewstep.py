@@ -376,6 +376,48 @@ def denoise_sweep(num_a, num_b):
         print(f"| {label} | {a} | {b} |")
 
 
+def problem_c(key=jr.key(99), k=6, d=8):
+    """An 8-D mixture of 6 full-covariance Gaussians (means ~ N(0, I), eigenvalues
+    log-uniform in [0.03, 0.6], weights uniform in [0.5, 1.5] normalised): a third
+    problem, neither A nor B, to fit on."""
+    km, kq, ke, kw = jr.split(key, 4)
+    means = jr.normal(km, (k, d))
+    q, _ = jnp.linalg.qr(jr.normal(kq, (k, d, d)))
+    eig = jnp.exp(jr.uniform(ke, (k, d), minval=jnp.log(0.03), maxval=jnp.log(0.6)))
+    covs = jnp.einsum("kij,kj,klj->kil", q, eig, q)
+    covs = (covs + jnp.swapaxes(covs, 1, 2)) / 2
+    w = jr.uniform(kw, (k,), minval=0.5, maxval=1.5)
+    return toy.GaussianMixture(w / w.sum(), means, covs)
+
+
+def transfer(num_a, num_b, nfe=5):
+    """Does a fitted sampler transfer? `sf.optimised_sampler(nfe)` fitted on one
+    problem's exact model (pilot key 7, its defaults), its grid and step weights then
+    used with A's and B's models (sampling key 0), beside the default."""
+    vp = sf.VP()
+    evals = {"A": (problem_a(), num_a), "B": (problem_b(), num_b)}
+    fits = {"A": problem_a(), "B": problem_b(), "C (8-D)": problem_c()}
+    rows = {"default": sf.default_sampler(vp, nfe)}
+    for name, gm in fits.items():
+        pred = sf.Predictor(gm.eps(vp), vp, prediction="eps")
+        start = time.perf_counter()
+        rows[f"sf.optimised_sampler fitted on {name}"] = sf.optimised_sampler(
+            jr.key(7), pred, nfe, shape=(gm.dim,)
+        )
+        print(f"  fitted on {name} in {time.perf_counter() - start:.1f} s", flush=True)
+    cells = {}
+    for ename, (gm, num) in evals.items():
+        pred = sf.Predictor(gm.eps(vp), vp, prediction="eps")
+        for label, cfg in rows.items():
+            xs = cfg.sample(jr.key(0), pred, (gm.dim,), num=num)
+            fd = float(fd_truth(gm, xs))
+            cells.setdefault(label, []).append(f"{fd:.4f}")
+            print(f"  {ename} {label:<40} FD {fd:.4f}", flush=True)
+    print(f"\n| NFE {nfe} | FD on A | FD on B |\n|---|---|---|")
+    for label, (a, b) in cells.items():
+        print(f"| {label} | {a} | {b} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--num-a", type=int, default=50_000)
@@ -396,8 +438,16 @@ def main():
         action="store_true",
         help="only the NFE-5 sweep of the final-denoise time (both problems)",
     )
+    ap.add_argument(
+        "--transfer",
+        action="store_true",
+        help="only: NFE-5 samplers fitted on A, B and a third problem, used on A, B",
+    )
     args = ap.parse_args()
     print(f"devices: {jax.devices()}, float32")
+    if args.transfer:
+        transfer(args.num_a, args.num_b)
+        return
     if args.denoise_sweep:
         denoise_sweep(args.num_a, args.num_b)
         return
