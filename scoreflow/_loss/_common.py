@@ -132,10 +132,12 @@ class AbstractLoss(eqx.Module):
     check_scale: eqx.AbstractVar[bool]
 
     def __check_init__(self):
-        # a time sampler that maps log-SNR to time (sf.LogNormalSigma,
-        # sf.LikelihoodImportance) calls t_from_log_snr inside the jitted training step:
-        # derive its closed form now, not a bisection chosen by what ran first
-        self.process.prepare_inverse()
+        # what the loss's time sampler needs of the process inside the jitted step,
+        # derived now (sf.LogNormalSigma: the closed-form inverse log-SNR, not a
+        # bisection chosen by whether an eager call came first)
+        sampler = getattr(self, "time_sampler", None)
+        if sampler is not None:
+            sampler.prepare(self.process)
 
     @abc.abstractmethod
     def per_example(self, model, x0, key, cond=None):

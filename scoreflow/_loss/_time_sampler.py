@@ -40,6 +40,12 @@ class AbstractTimeSampler(eqx.Module):
         sampler does importance sampling)."""
         return jnp.ones_like(t)
 
+    def prepare(self, process: AbstractProcess) -> None:
+        """Derive, outside jit, what `sample` needs of `process` inside it (the
+        losses call this when they are built). A no-op unless the sampler maps a
+        log-SNR to time: then `process.prepare_inverse()`."""
+        return None
+
 
 class UniformTime(AbstractTimeSampler):
     r"""$t \sim U(t_0, t_1)$ (Song et al. 2021)."""
@@ -90,6 +96,9 @@ class LogNormalSigma(AbstractTimeSampler):
     p_mean: float = -1.2
     p_std: float = 1.2
 
+    def prepare(self, process):
+        process.prepare_inverse()
+
     def _lam_range(self, process, dtype):
         lo = jnp.asarray(process.log_snr(process.t1), dtype)
         hi = jnp.asarray(process.log_snr(process.t0), dtype)
@@ -131,6 +140,9 @@ class LikelihoodImportance(AbstractTimeSampler):
     `weighting="likelihood"` the per-example weight $w/(p\,(t_1 - t_0))$ is the
     constant $(\lambda(t_0) - \lambda(t_1))/(t_1 - t_0)$: the ELBO with the least
     time variance. [arXiv:2101.09258](https://arxiv.org/abs/2101.09258)"""
+
+    def prepare(self, process):
+        process.prepare_inverse()
 
     def sample(self, key, process, n, dtype=None):
         dtype = jnp.result_type(float) if dtype is None else dtype

@@ -152,8 +152,9 @@ class AbstractProcess(eqx.Module):
         the parameters are traced and cannot choose the inverse's branch, so a
         first call there falls back to bisection (agreeing to float32 round-off, but
         a larger program, and a result that depended on whether an eager call came
-        first). `sf.sample` and `sf.on_path` call it before they compile. A no-op
-        where there is nothing to derive, or with traced parameters."""
+        first). `sf.sample`, `sf.on_path` and the losses whose time sampler maps
+        log-SNR to time call it before they compile. A no-op where there is
+        nothing to derive, or with traced parameters."""
         return None
 
     def check_sde_solver(self, solver, *, call: str) -> None:
