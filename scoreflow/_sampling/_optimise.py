@@ -145,7 +145,11 @@ def adam_minimise(loss, params0, *, iters: int, learning_rate: float):
             better = val < best_val
             best = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), p, best)
             best_val = jnp.where(better, val, best_val)
-            upd, st = opt.update(g, st, p)
+            # optax mixes its int32 step count with float hyperparameters (Adam's
+            # bias correction): standard promotion whatever the caller's setting,
+            # as in `sf.train.fit`
+            with jax.numpy_dtype_promotion("standard"):
+                upd, st = opt.update(g, st, p)
             return (optax.apply_updates(p, upd), st, best, best_val), val
 
         inf = jnp.asarray(jnp.inf, jax.tree_util.tree_leaves(params)[0].dtype)
