@@ -400,60 +400,30 @@ def mixture(key, k, d, mean_scale, eig_range):
 
 
 def fit_on_family(nfe, *, num=256, iters=400):
-    """A prototype of a shipped default: one learned-Adams sampler (the
-    parametrisation of `sf.optimised_sampler`) fitted to the sum over `FAMILY`
-    (none of them A or B) of each problem's mean squared distance to its 200-step
-    DPM-Solver++(3M) reference, divided by the dimension. Uses scoreflow
-    internals; not a public feature."""
-    from scoreflow._sampling._learned import _grid_from_logits
-    from scoreflow._sampling._optimise import adam_minimise
-    from scoreflow._sampling._sample import SamplerConfig
+    """A prototype of a shipped default: one learned-Adams sampler (the fit of
+    `sf.optimised_sampler`) fitted to the sum over `FAMILY` (none of them A or B) of
+    each problem's mean squared distance to its 200-step DPM-Solver++(3M)
+    reference, divided by the dimension. Uses a scoreflow internal; not a public
+    feature."""
+    from scoreflow._sampling._learned import fit_learned_adams
 
     vp = sf.VP()
     rf = sf.straight_path(vp)
-    init = sf.uniform_grid(rf, nfe)
-    t_start, t_end = init[0], init[-1]
-    key = jr.key(7)
-    ref_grid = sf.log_snr_grid(rf, 200, t_start=t_start, t_end=t_end)
     members = []
     for i, spec in enumerate(FAMILY):
         gm = mixture(jr.key(1000 + i), *spec)
         pp = sf.on_path(sf.Predictor(gm.eps(vp), vp, prediction="eps"), rf)
-        ref = sf.sample(
-            key,
-            rf,
-            pp,
-            (gm.dim,),
-            num=num,
-            solver=sf.DPMSolverPP3M(),
-            time_grid=ref_grid,
-        )
-        members.append((gm.dim, pp, ref))
-
-    def unpack(params):
-        theta, c = params
-        grid = _grid_from_logits(theta, t_start, t_end)
-        return grid, sf.internal.LearnedAdams(jnp.tril(c))
-
-    def loss(params):
-        grid, solver = unpack(params)
-        total = 0.0
-        for dim, pp, ref in members:
-            xs = sf.sample(key, rf, pp, (dim,), num=num, solver=solver, time_grid=grid)
-            total = total + jnp.mean(jnp.sum((xs - ref) ** 2, -1)) / dim
-        return total
-
-    params0 = (jnp.zeros((nfe,)), jnp.zeros((nfe, nfe)))
-    params = adam_minimise(loss, params0, iters=iters, learning_rate=0.01)
-    grid, solver = unpack(params)
-    return SamplerConfig(
-        path="straight",
-        process=rf,
-        solver=solver,
-        time_grid=grid,
-        denoise=False,
-        nfe=nfe,
-        label=f"straight path, learned Adams, {nfe} steps (fitted on FAMILY)",
+        members.append((pp, (gm.dim,), 1.0 / gm.dim))
+    return fit_learned_adams(
+        jr.key(7),
+        rf,
+        members,
+        nfe,
+        num=num,
+        iters=iters,
+        learning_rate=0.01,
+        reference_steps=200,
+        label="fitted on FAMILY",
     )
 
 

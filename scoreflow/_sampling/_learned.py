@@ -169,18 +169,44 @@ def optimised_sampler(
                 f"got {value!r}."
             )
     rf = straight_path(predictor.process)
-    pp = on_path(predictor, rf)
-    init = uniform_grid(rf, n)
-    t_start, t_end = init[0], init[-1]
-    ref = sample(
+    return fit_learned_adams(
         key,
         rf,
-        pp,
-        shape,
+        [(on_path(predictor, rf), shape, 1.0)],
+        n,
         num=num,
-        solver=DPMSolverPP3M(),
-        time_grid=log_snr_grid(rf, reference_steps, t_start=t_start, t_end=t_end),
+        iters=iters,
+        learning_rate=learning_rate,
+        reference_steps=reference_steps,
+        label=f"fitted on {num} pilot samples",
     )
+
+
+def fit_learned_adams(
+    key,
+    rf,
+    members,
+    n: int,
+    *,
+    num: int,
+    iters: int,
+    learning_rate: float,
+    reference_steps: int,
+    label: str,
+) -> SamplerConfig:
+    r"""The fit behind `sf.optimised_sampler`, over one or more problems: `n` steps
+    of `LearnedAdams` on the straight path `rf` minimising
+    $\sum_k w_k\,\mathbb E\,\|\Phi(x_T) - \Phi_\text{ref}(x_T)\|^2$, where
+    `members` lists `(path predictor on rf, sample shape, weight w_k)` and each
+    reference is DPM-Solver++(3M) on `reference_steps` log-SNR steps from the same
+    `num` pilot noises (`key`)."""
+    init = uniform_grid(rf, n)
+    t_start, t_end = init[0], init[-1]
+    ref_grid = log_snr_grid(rf, reference_steps, t_start=t_start, t_end=t_end)
+    refs = [
+        sample(key, rf, pp, shape, num=num, solver=DPMSolverPP3M(), time_grid=ref_grid)
+        for pp, shape, _ in members
+    ]
     dtype = init.dtype
 
     def unpack(params):
@@ -189,8 +215,13 @@ def optimised_sampler(
 
     def loss(params):
         grid, solver = unpack(params)
-        xs = sample(key, rf, pp, shape, num=num, solver=solver, time_grid=grid)
-        return jnp.mean(jnp.sum((xs - ref).reshape(num, -1) ** 2, -1))
+        total = None
+        for (pp, shape, weight), ref in zip(members, refs):
+            xs = sample(key, rf, pp, shape, num=num, solver=solver, time_grid=grid)
+            term = jnp.mean(jnp.sum((xs - ref).reshape(num, -1) ** 2, -1))
+            term = term if weight == 1 else weight * term
+            total = term if total is None else total + term
+        return total
 
     params0 = (jnp.zeros((n,), dtype), jnp.zeros((n, n), dtype))
     params = adam_minimise(loss, params0, iters=iters, learning_rate=learning_rate)
@@ -202,5 +233,5 @@ def optimised_sampler(
         time_grid=grid,
         denoise=False,
         nfe=n,
-        label=f"straight path, learned Adams, {n} steps (fitted on {num} pilot samples)",
+        label=f"straight path, learned Adams, {n} steps ({label})",
     )
