@@ -7,6 +7,7 @@ Each function is compiled with `equinox.filter_jit` (Python numbers such as
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jax.scipy.linalg import cho_solve, solve_triangular
@@ -123,6 +124,11 @@ def frechet_distance(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"]) -> 
             f"`{call}`: x and y must have the same dimension d, got {mu1.shape[0]} "
             f"and {mu2.shape[0]}."
         )
+    # the two sets in one dtype, explicitly (float32 samples against a float64
+    # reference would fail under JAX's strict dtype promotion)
+    with jax.numpy_dtype_promotion("standard"):
+        dtype = jnp.promote_types(mu1.dtype, mu2.dtype)
+    mu1, cov1, mu2, cov2 = (a.astype(dtype) for a in (mu1, cov1, mu2, cov2))
     return frechet_distance_gaussians(mu1, cov1, mu2, cov2)
 
 
