@@ -126,9 +126,15 @@ def test_symbolic_fp_errors():
 
 @pytest.mark.slow
 def test_symbolic_fp_non_affine():
+    # A non-affine drift without a stationary density: no kernel to check, an error.
+    forced = sf.SDE(drift=-(sf.x**3) + sf.t * sf.x, diffusion=sympy.sqrt(2))
+    with pytest.raises(ValueError, match="no Gaussian kernel"):
+        checks.symbolic_fokker_planck(forced)
+    # A gradient drift has the stationary prior p ~ exp(-x^4 / 4): the check is of
+    # the stationary equation, and it holds.
     cubic = sf.SDE(drift=-(sf.x**3), diffusion=sympy.sqrt(2))
-    with pytest.raises(ValueError, match="Gaussian"):
-        checks.symbolic_fokker_planck(cubic)
+    assert cubic.symbolic.stationary_log_density == -(sf.x**4) / 4
+    assert checks.symbolic_fokker_planck(cubic).ok
     # A non-affine drift against a Gaussian kernel: the general path, not ok.
     r = checks.symbolic_fokker_planck(cubic, kernel=builtin("VE"))
     assert not r.ok
@@ -209,7 +215,9 @@ def test_numeric_residuals_detect_wrong_densities(name):
     ts, xs = _points(p)
     r = np.asarray(jax.vmap(residuals)(ts, xs))
     worst_case = np.abs(r).max(axis=0)  # over points, per wrong candidate
-    assert np.all(worst_case > 1e-2), r
+    # six orders above the exact residuals' bound (1e-9, the test above); a 5%
+    # velocity error leaves a relative residual of about 1e-2 (EDM: 0.0096)
+    assert np.all(worst_case > 1e-3), r
     assert np.all(np.abs(r) <= 1 + 1e-12)  # relative residuals lie in [-1, 1]
 
 

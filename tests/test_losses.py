@@ -100,6 +100,11 @@ def test_dsm_exact_predictor_is_optimal(name, prediction, gauss):
 def test_cfm_exact_velocity_is_optimal(name, coupling, gauss):
     p = helpers.process(name)
     n = N if coupling == "independent" else 256
+    if coupling == "independent" and name in ("VE", "EDM"):
+        # unweighted velocity MSE of the exploding processes: the target is about
+        # sigma'(t) eps with sigma up to 50-80, so per-example gradients are ~10x
+        # noisier; 8x the pairs keep the power check below meaningful
+        n = 8 * N
     x0 = gauss.sample(jr.key(3), n)
     loss = sf.cfm_loss(p, coupling=coupling, check_scale=False)
     # perturb in eps units (the velocity MSE has no weighting to tame the
@@ -112,7 +117,7 @@ def test_cfm_exact_velocity_is_optimal(name, coupling, gauss):
         # independent coupling is no longer the minimiser: only check independent.
         assert abs(mean) < 4 * se, (mean, se)
         assert vals[0] > vals[1] and vals[2] > vals[1], vals
-        assert abs(mean_off) > 4 * se_off
+        assert abs(mean_off) > 4 * se_off, (mean_off, se_off)
     else:
         assert np.isfinite(vals).all()
 
