@@ -427,10 +427,42 @@ def fit_on_family(nfe, *, num=256, iters=400):
     )
 
 
+def fit_jointly(nfe, weight_b, *, num=512, iters=400):
+    """The test's own optimum for one fixed sampler: the learned-Adams fit of
+    `sf.optimised_sampler` to A and B together, minimising
+    `mse_A / 2 + weight_b * mse_B / 32` (each problem's mean squared distance to its
+    200-step reference, divided by its dimension). Sweeping `weight_b` traces the
+    trade-off any one fixed NFE-`nfe` sampler of this family faces between the two
+    problems. Uses a scoreflow internal; tuned on the benchmark itself, so never a
+    default."""
+    from scoreflow._sampling._learned import fit_learned_adams
+
+    vp = sf.VP()
+    rf = sf.straight_path(vp)
+    members = []
+    for gm, weight in ((problem_a(), 1.0), (problem_b(), weight_b)):
+        pp = sf.on_path(sf.Predictor(gm.eps(vp), vp, prediction="eps"), rf)
+        members.append((pp, (gm.dim,), weight / gm.dim))
+    return fit_learned_adams(
+        jr.key(7),
+        rf,
+        members,
+        nfe,
+        num=num,
+        iters=iters,
+        learning_rate=0.01,
+        reference_steps=200,
+        label=f"fitted on A and B, weight {weight_b:g} on B",
+    )
+
+
 def problem_c(key=jr.key(99)):
     """An 8-D mixture of 6 full-covariance Gaussians (means ~ N(0, I), eigenvalues
     log-uniform in [0.03, 0.6]): a third problem, neither A nor B, to fit on."""
     return mixture(key, 6, 8, 1.0, (0.03, 0.6))
+
+
+JOINT_WEIGHTS = (0.1, 1.0, 10.0, 100.0)
 
 
 def transfer(num_a, num_b, nfe=5):
@@ -451,6 +483,12 @@ def transfer(num_a, num_b, nfe=5):
     start = time.perf_counter()
     rows["learned Adams fitted on a family of 4 mixtures (2-16 D)"] = fit_on_family(nfe)
     print(f"  fitted on the family in {time.perf_counter() - start:.1f} s", flush=True)
+    for weight_b in JOINT_WEIGHTS:
+        start = time.perf_counter()
+        rows[f"learned Adams fitted on A and B jointly, weight {weight_b:g} on B"] = (
+            fit_jointly(nfe, weight_b)
+        )
+        print(f"  fitted on A+B in {time.perf_counter() - start:.1f} s", flush=True)
     cells = {}
     for ename, (gm, num) in evals.items():
         pred = sf.Predictor(gm.eps(vp), vp, prediction="eps")
@@ -462,6 +500,54 @@ def transfer(num_a, num_b, nfe=5):
     print(f"\n| NFE {nfe} | FD on A | FD on B |\n|---|---|---|")
     for label, (a, b) in cells.items():
         print(f"| {label} | {a} | {b} |")
+
+
+FIT_SETTINGS = (  # (pilot samples, Adam iterations, reference steps)
+    (512, 400, 200),  # sf.optimised_sampler's defaults
+    (512, 100, 200),
+    (128, 400, 200),
+    (128, 100, 50),
+)
+
+
+def fit_cost(num_a, num_b, nfe=5):
+    """What a default that fitted each user's model would cost: the fit of
+    `sf.optimised_sampler` on A's and B's own models at smaller settings, with the
+    fit's time and its forward model evaluations (reference + Adam iterations;
+    each iteration's backward pass comes on top), against the FD it reaches."""
+    from scoreflow._sampling._learned import fit_learned_adams
+
+    vp = sf.VP()
+    rf = sf.straight_path(vp)
+    rows = {}
+    for name, gm, num in (("A", problem_a(), num_a), ("B", problem_b(), num_b)):
+        pred = sf.Predictor(gm.eps(vp), vp, prediction="eps")
+        pp = sf.on_path(pred, rf)
+        for pilots, iters, ref in FIT_SETTINGS:
+            start = time.perf_counter()
+            cfg = fit_learned_adams(
+                jr.key(7),
+                rf,
+                [(pp, (gm.dim,), 1.0)],
+                nfe,
+                num=pilots,
+                iters=iters,
+                learning_rate=0.01,
+                reference_steps=ref,
+                label="fit cost",
+            )
+            secs = time.perf_counter() - start
+            fd = float(fd_truth(gm, cfg.sample(jr.key(0), pred, (gm.dim,), num=num)))
+            evals = pilots * ref + iters * pilots * nfe
+            key = (pilots, iters, ref, evals)
+            rows.setdefault(key, []).append(f"{fd:.4f} ({secs:.0f} s)")
+            print(f"  {name} {key}: FD {fd:.4f}, fit {secs:.1f} s", flush=True)
+    print(
+        f"\n| NFE {nfe}: pilots / Adam iterations / reference steps | forward "
+        "evaluations | A: FD (fit time) | B: FD (fit time) |\n|---|---|---|---|"
+    )
+    for (pilots, iters, ref, evals), (a, b) in rows.items():
+        print(f"| {pilots} / {iters} / {ref} | {evals:,} | {a} | {b} |")
 
 
 def main():
@@ -487,10 +573,21 @@ def main():
     ap.add_argument(
         "--transfer",
         action="store_true",
-        help="only: NFE-5 samplers fitted on A, B and a third problem, used on A, B",
+        help=(
+            "only: NFE-5 samplers fitted on A, B, a third problem, a family, and A "
+            "and B jointly, used on A, B"
+        ),
+    )
+    ap.add_argument(
+        "--fit-cost",
+        action="store_true",
+        help="only: NFE-5 fits on A's and B's own models at smaller settings",
     )
     args = ap.parse_args()
     print(f"devices: {jax.devices()}, float32")
+    if args.fit_cost:
+        fit_cost(args.num_a, args.num_b)
+        return
     if args.transfer:
         transfer(args.num_a, args.num_b)
         return
