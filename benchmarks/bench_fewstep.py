@@ -399,21 +399,19 @@ def mixture(key, k, d, mean_scale, eig_range):
     return toy.GaussianMixture(w / w.sum(), means, covs)
 
 
-def fit_on_family(nfe, *, num=256, iters=400):
-    """A prototype of a shipped default: one learned-Adams sampler (the fit of
-    `sf.optimised_sampler`) fitted to the sum over `FAMILY` (none of them A or B) of
-    each problem's mean squared distance to its 200-step DPM-Solver++(3M)
-    reference, divided by the dimension. Uses a scoreflow internal; not a public
-    feature."""
+def fit_on_mixtures(nfe, weighted, label, *, num=512, iters=400, reference_steps=200):
+    """The learned-Adams fit of `sf.optimised_sampler` (pilot key 7) to the weighted
+    sum over `weighted`, a list of `(mixture, weight)`, of each mixture's VP
+    eps-model's mean squared distance to its `reference_steps`-step
+    DPM-Solver++(3M) reference on the straight path. Uses a scoreflow internal."""
     from scoreflow._sampling._learned import fit_learned_adams
 
     vp = sf.VP()
     rf = sf.straight_path(vp)
-    members = []
-    for i, spec in enumerate(FAMILY):
-        gm = mixture(jr.key(1000 + i), *spec)
-        pp = sf.on_path(sf.Predictor(gm.eps(vp), vp, prediction="eps"), rf)
-        members.append((pp, (gm.dim,), 1.0 / gm.dim))
+    members = [
+        (sf.on_path(sf.Predictor(gm.eps(vp), vp, prediction="eps"), rf), (gm.dim,), w)
+        for gm, w in weighted
+    ]
     return fit_learned_adams(
         jr.key(7),
         rf,
@@ -422,38 +420,29 @@ def fit_on_family(nfe, *, num=256, iters=400):
         num=num,
         iters=iters,
         learning_rate=0.01,
-        reference_steps=200,
-        label="fitted on FAMILY",
+        reference_steps=reference_steps,
+        label=label,
     )
+
+
+def fit_on_family(nfe, *, num=256, iters=400):
+    """A prototype of a shipped default: one sampler fitted to the sum over `FAMILY`
+    (none of them A or B) of each problem's distance to its reference, divided by
+    the dimension. Not a public feature."""
+    family = [mixture(jr.key(1000 + i), *spec) for i, spec in enumerate(FAMILY)]
+    weighted = [(gm, 1.0 / gm.dim) for gm in family]
+    return fit_on_mixtures(nfe, weighted, "fitted on FAMILY", num=num, iters=iters)
 
 
 def fit_jointly(nfe, weight_b, *, num=512, iters=400):
-    """The test's own optimum for one fixed sampler: the learned-Adams fit of
-    `sf.optimised_sampler` to A and B together, minimising
-    `mse_A / 2 + weight_b * mse_B / 32` (each problem's mean squared distance to its
-    200-step reference, divided by its dimension). Sweeping `weight_b` traces the
-    trade-off any one fixed NFE-`nfe` sampler of this family faces between the two
-    problems. Uses a scoreflow internal; tuned on the benchmark itself, so never a
-    default."""
-    from scoreflow._sampling._learned import fit_learned_adams
-
-    vp = sf.VP()
-    rf = sf.straight_path(vp)
-    members = []
-    for gm, weight in ((problem_a(), 1.0), (problem_b(), weight_b)):
-        pp = sf.on_path(sf.Predictor(gm.eps(vp), vp, prediction="eps"), rf)
-        members.append((pp, (gm.dim,), weight / gm.dim))
-    return fit_learned_adams(
-        jr.key(7),
-        rf,
-        members,
-        nfe,
-        num=num,
-        iters=iters,
-        learning_rate=0.01,
-        reference_steps=200,
-        label=f"fitted on A and B, weight {weight_b:g} on B",
-    )
+    """The test's own optimum for one fixed sampler: the fit to A and B together,
+    minimising `mse_A / 2 + weight_b * mse_B / 32`. Sweeping `weight_b` traces the
+    trade-off one fixed NFE-`nfe` sampler of this family faces between the two
+    problems. Tuned on the benchmark itself, so never a default."""
+    a, b = problem_a(), problem_b()
+    weighted = [(a, 1.0 / a.dim), (b, weight_b / b.dim)]
+    label = f"fitted on A and B, weight {weight_b:g} on B"
+    return fit_on_mixtures(nfe, weighted, label, num=num, iters=iters)
 
 
 def problem_c(key=jr.key(99)):
@@ -515,26 +504,19 @@ def fit_cost(num_a, num_b, nfe=5):
     `sf.optimised_sampler` on A's and B's own models at smaller settings, with the
     fit's time and its forward model evaluations (reference + Adam iterations;
     each iteration's backward pass comes on top), against the FD it reaches."""
-    from scoreflow._sampling._learned import fit_learned_adams
-
     vp = sf.VP()
-    rf = sf.straight_path(vp)
     rows = {}
     for name, gm, num in (("A", problem_a(), num_a), ("B", problem_b(), num_b)):
         pred = sf.Predictor(gm.eps(vp), vp, prediction="eps")
-        pp = sf.on_path(pred, rf)
         for pilots, iters, ref in FIT_SETTINGS:
             start = time.perf_counter()
-            cfg = fit_learned_adams(
-                jr.key(7),
-                rf,
-                [(pp, (gm.dim,), 1.0)],
+            cfg = fit_on_mixtures(
                 nfe,
+                [(gm, 1.0)],
+                "fit cost",
                 num=pilots,
                 iters=iters,
-                learning_rate=0.01,
                 reference_steps=ref,
-                label="fit cost",
             )
             secs = time.perf_counter() - start
             fd = float(fd_truth(gm, cfg.sample(jr.key(0), pred, (gm.dim,), num=num)))
